@@ -1,0 +1,2 @@
+#include <mimo/error.hpp>
+int main() { return 0; }
