@@ -18,7 +18,7 @@ namespace mimo::io {
 inline std::string json_error_text(simdjson::error_code code) { return simdjson::error_message(code); }
 
 // Size of a regular file, or an error naming it.
-inline Expected<uint64_t> file_size(const std::filesystem::path& path) {
+inline Expected<uint64_t> regular_file_size(const std::filesystem::path& path) {
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
   if (ec || !std::filesystem::exists(status)) return Error(Errc::io, path.string() + ": no such file");
@@ -31,7 +31,7 @@ inline Expected<uint64_t> file_size(const std::filesystem::path& path) {
 // Reads a whole file into a buffer padded for simdjson. Files larger than max_bytes are refused
 // before anything is allocated.
 inline Expected<simdjson::padded_string> read_padded(const std::filesystem::path& path, uint64_t max_bytes) {
-  auto size = file_size(path);
+  auto size = regular_file_size(path);
   if (!size) return std::move(size).error();
   if (*size > max_bytes) {
     return Error(Errc::out_of_memory, path.string() + ": file is " + std::to_string(*size) +

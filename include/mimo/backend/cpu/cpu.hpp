@@ -1,0 +1,168 @@
+// The CPU backend: weights used in place from the memory-mapped checkpoint (BF16, F16 or F32),
+// fp32 activations and KV cache in host memory, a thread pool sized by the caller, kernels chosen
+// at run time for the instruction sets of the machine.
+#pragma once
+
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mimo/backend/backend.hpp"
+#include "mimo/detail/aligned_buffer.hpp"
+#include "mimo/backend/cpu/isa.hpp"
+#include "mimo/backend/cpu/linear.hpp"
+#include "mimo/backend/cpu/matvec.hpp"
+#include "mimo/backend/cpu/ops.hpp"
+#include "mimo/backend/cpu/thread_pool.hpp"
+#include "mimo/io/checkpoint.hpp"
+
+namespace mimo {
+
+struct Cpu {
+  static const char* name() { return "cpu"; }
+
+  // Options of a session's execution context.
+  struct ContextOptions {
+    int threads = 0;                         // threads of a pool the session creates (0: hardware threads)
+    std::shared_ptr<cpu::ThreadPool> pool;   // or a pool shared with other sessions (threads is then ignored)
+    cpu::Isa isa = cpu::detect_isa();        // kernels to use; lower it to force a fallback
+  };
+
+  using Linear = cpu::WeightMatrix;
+  struct Vector {
+    std::vector<float> values;  // empty: absent (no bias)
+    const float* data() const { return values.empty() ? nullptr : values.data(); }
+  };
+  using KvCache = cpu::KvStorage;
+  using Buffer = mimo::detail::AlignedBuffer<float>;
+
+  struct Context {
+    std::shared_ptr<cpu::ThreadPool> pool;
+    cpu::Isa isa = cpu::Isa::scalar;
+    cpu::PanelScratch panels;
+    Buffer attention_scratch;  // threads * group * capacity
+    int64_t attention_stride = 0;
+    std::vector<float> rope_table;
+  };
+
+  struct LinearOp {
+    const Linear* weight;
+    const Vector* bias;  // may be null or empty
+    Rows out;
+    bool accumulate = false;
+  };
+
+  // --- preparing weights (once per model) ---
+
+  static Expected<Linear> make_linear(const TensorView& t) {
+    return cpu::WeightMatrix{t.data, t.dtype(), t.dim(0), t.dim(1)};
+  }
+  static Expected<Vector> make_vector(const TensorView& t) {
+    Vector v;
+    if (!t) return v;
+    v.values.resize(static_cast<size_t>(t.numel()));
+    for (uint64_t i = 0; i < t.numel(); ++i) v.values[i] = load_float(t.data, t.dtype(), i);
+    return v;
+  }
+
+  // --- per-session state ---
+
+  static Expected<Context> make_context(const ContextOptions& o, const AttentionShape& shape, int64_t capacity,
+                                        int64_t max_cols) {
+    Context c;
+    if (o.pool) {
+      c.pool = o.pool;
+    } else {
+      auto pool = cpu::ThreadPool::create(o.threads);
+      if (!pool) return std::move(pool).error();
+      c.pool = std::move(*pool);
+    }
+    c.isa = cpu::isa_supported(o.isa) ? o.isa : cpu::detect_isa();
+    if (auto s = c.panels.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
+    c.attention_stride = shape.num_heads / shape.num_kv_heads * capacity;
+    if (auto s = c.attention_scratch.reserve(static_cast<uint64_t>(c.pool->size()) * c.attention_stride,
+                                             "attention scratch");
+        !s)
+      return std::move(s).error();
+    return c;
+  }
+
+  // Options for another context that shares this one's threads (a copied session).
+  static ContextOptions shared_context_options(const Context& c) { return ContextOptions{0, c.pool, c.isa}; }
+
+  static Status make_kv_cache(KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
+    return kv.allocate(layers, s.num_kv_heads, s.head_dim, capacity);
+  }
+  static Status copy_kv_cache(KvCache& dst, const KvCache& src, int64_t length) { return dst.copy_from(src, length); }
+
+  // Rows of `width` floats; contents undefined.
+  static Expected<Rows> rows(Buffer& b, int64_t count, int64_t width, const char* what) {
+    if (auto s = b.reserve(static_cast<uint64_t>(count) * width, what); !s) return std::move(s).error();
+    return Rows{b.data(), count, width, width};
+  }
+
+  // --- ops ---
+
+  // out[i] = table[tokens[i]] (widened to fp32). Tokens were validated by the caller.
+  static void embed(Context&, const Linear& table, std::span<const int32_t> tokens, const Rows& out) {
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      cpu::widen_rows(cpu::Isa::scalar, table, tokens[i], tokens[i] + 1, out.row(static_cast<int64_t>(i)));
+    }
+  }
+
+  static void rms_norm(Context&, const Rows& x, const Vector& w, double eps, const Rows& out) {
+    cpu::rms_norm_rows(x, w.data(), eps, out);
+  }
+
+  static void linear(Context& c, const Rows& x, std::span<const LinearOp> ops) {
+    cpu::LinearJob jobs[4];
+    for (size_t i = 0; i < ops.size(); ++i) {
+      jobs[i] = cpu::LinearJob{ops[i].weight, ops[i].bias ? ops[i].bias->data() : nullptr, ops[i].out, ops[i].accumulate};
+    }
+    cpu::linear(*c.pool, c.isa, x, std::span<const cpu::LinearJob>(jobs, ops.size()), c.panels);
+  }
+  static void linear(Context& c, const Rows& x, std::initializer_list<LinearOp> ops) {
+    linear(c, x, std::span<const LinearOp>(ops.begin(), ops.size()));
+  }
+
+  static void rope(Context& c, const Rows& x, int64_t heads, const AttentionShape& s, std::span<const int64_t> positions) {
+    cpu::rope_rows(x, heads, s.head_dim, positions, s.rope_theta, c.rope_table);
+  }
+
+  static void silu_mul(Context&, const Rows& gate, const Rows& up) { cpu::silu_mul_rows(gate, up); }
+
+  static void attention(Context& c, KvCache& kv, int64_t layer, int64_t length, const Rows& q, const Rows& k,
+                        const Rows& v, const AttentionShape& s, const Rows& out) {
+    cpu::attention(*c.pool, kv, layer, length, q, k, v, s.num_heads, out, c.attention_scratch.data());
+  }
+
+  // dst[i] = src[rows[i]].
+  static void gather_rows(Context&, const Rows& src, std::span<const int32_t> rows, const Rows& dst) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::memcpy(dst.row(static_cast<int64_t>(i)), src.row(rows[i]), static_cast<size_t>(src.width) * sizeof(float));
+    }
+  }
+
+  // dst = src, row by row.
+  static void copy_rows(Context&, const Rows& src, const Rows& dst) {
+    for (int64_t i = 0; i < src.count; ++i) {
+      std::memcpy(dst.row(i), src.row(i), static_cast<size_t>(src.width) * sizeof(float));
+    }
+  }
+
+  // Copies rows to host memory (the same memory here: a copy only when the places differ).
+  static Status to_host(Context&, const Rows& src, float* dst) {
+    for (int64_t i = 0; i < src.count; ++i) {
+      if (src.row(i) != dst + i * src.width) {
+        std::memcpy(dst + i * src.width, src.row(i), static_cast<size_t>(src.width) * sizeof(float));
+      }
+    }
+    return ok();
+  }
+};
+
+static_assert(Backend<Cpu>);
+
+}  // namespace mimo

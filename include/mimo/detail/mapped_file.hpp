@@ -1,0 +1,153 @@
+// A read-only memory mapping of a whole file. Weights are used in place from the mapping, so a
+// 15 GB checkpoint costs page cache, not heap.
+//
+// What remains unprotected: a file truncated by another process after it was mapped makes reads
+// past the new end fault (SIGBUS on POSIX). Sizes are validated when the file is opened, and the
+// loader's `preload` option reads every page once at load time, while a loading screen shows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <utility>
+
+#include "mimo/error.hpp"
+
+#if defined(_WIN32)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#define MIMO_UNDEF_WIN32_LEAN_AND_MEAN
+#endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#define MIMO_UNDEF_NOMINMAX
+#endif
+#include <windows.h>
+#ifdef MIMO_UNDEF_WIN32_LEAN_AND_MEAN
+#undef WIN32_LEAN_AND_MEAN
+#undef MIMO_UNDEF_WIN32_LEAN_AND_MEAN
+#endif
+#ifdef MIMO_UNDEF_NOMINMAX
+#undef NOMINMAX
+#undef MIMO_UNDEF_NOMINMAX
+#endif
+#else
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+
+namespace mimo::detail {
+
+class MappedFile {
+ public:
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept { swap(o); }
+  MappedFile& operator=(MappedFile&& o) noexcept {
+    if (this != &o) {
+      release();
+      swap(o);
+    }
+    return *this;
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile() { release(); }
+
+  static Expected<MappedFile> open(const std::filesystem::path& path) {
+    MappedFile m;
+    m.path_ = path.string();
+#if defined(_WIN32)
+    HANDLE file = CreateFileW(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
+                              FILE_ATTRIBUTE_NORMAL, nullptr);
+    if (file == INVALID_HANDLE_VALUE) return Error(Errc::io, m.path_ + ": cannot open");
+    LARGE_INTEGER size;
+    if (!GetFileSizeEx(file, &size)) {
+      CloseHandle(file);
+      return Error(Errc::io, m.path_ + ": cannot read size");
+    }
+    m.size_ = static_cast<uint64_t>(size.QuadPart);
+    if (m.size_ > 0) {
+      HANDLE mapping = CreateFileMappingW(file, nullptr, PAGE_READONLY, 0, 0, nullptr);
+      if (!mapping) {
+        CloseHandle(file);
+        return Error(Errc::io, m.path_ + ": cannot map");
+      }
+      m.data_ = static_cast<const std::byte*>(MapViewOfFile(mapping, FILE_MAP_READ, 0, 0, 0));
+      CloseHandle(mapping);
+      if (!m.data_) {
+        CloseHandle(file);
+        return Error(Errc::io, m.path_ + ": cannot map");
+      }
+    }
+    CloseHandle(file);
+#else
+    const int fd = ::open(m.path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Error(Errc::io, m.path_ + ": cannot open");
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      ::close(fd);
+      return Error(Errc::io, m.path_ + ": cannot read size");
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return Error(Errc::io, m.path_ + ": not a regular file");
+    }
+    m.size_ = static_cast<uint64_t>(st.st_size);
+    if (m.size_ > 0) {
+      void* p = ::mmap(nullptr, m.size_, PROT_READ, MAP_SHARED, fd, 0);
+      if (p == MAP_FAILED) {
+        ::close(fd);
+        return Error(Errc::io, m.path_ + ": cannot map " + std::to_string(m.size_) + " bytes");
+      }
+      m.data_ = static_cast<const std::byte*>(p);
+    }
+    ::close(fd);
+#endif
+    return m;
+  }
+
+  const std::byte* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+  // Hints that [offset, offset + length) will be read soon (starts read-ahead).
+  void advise_willneed(uint64_t offset, uint64_t length) const {
+#if !defined(_WIN32)
+    if (!data_ || offset >= size_) return;
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t start = offset / page * page;
+    const uint64_t end = offset + length < size_ ? offset + length : size_;
+    ::madvise(const_cast<std::byte*>(data_) + start, end - start, MADV_WILLNEED);
+#else
+    (void)offset;
+    (void)length;
+#endif
+  }
+
+ private:
+  void release() {
+    if (data_) {
+#if defined(_WIN32)
+      UnmapViewOfFile(data_);
+#else
+      ::munmap(const_cast<std::byte*>(data_), size_);
+#endif
+    }
+    data_ = nullptr;
+    size_ = 0;
+  }
+  void swap(MappedFile& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    std::swap(path_, o.path_);
+  }
+
+  const std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+  std::string path_;
+};
+
+}  // namespace mimo::detail

@@ -1,0 +1,163 @@
+// A Hugging Face checkpoint directory as published: config.json plus either model.safetensors or
+// shards listed by model.safetensors.index.json. Shards are memory-mapped; tensors are looked up
+// by name and checked against the dtype and shape the caller expects.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mimo/config.hpp"
+#include "mimo/error.hpp"
+#include "mimo/io/json.hpp"
+#include "mimo/io/safetensors.hpp"
+
+namespace mimo {
+
+// A tensor used in place from a mapped file. Valid while its Checkpoint lives.
+struct TensorView {
+  const io::TensorInfo* info = nullptr;
+  const std::byte* data = nullptr;
+  const std::string* file = nullptr;  // the shard that holds it, for messages
+
+  explicit operator bool() const { return info != nullptr; }
+  const std::string& name() const { return info->name; }
+  DType dtype() const { return info->dtype; }
+  const std::vector<int64_t>& shape() const { return info->shape; }
+  int64_t dim(size_t i) const { return info->shape[i]; }
+  uint64_t numel() const { return info->numel(); }
+  uint64_t nbytes() const { return info->end - info->begin; }
+};
+
+class Checkpoint {
+ public:
+  // Opens a checkpoint directory. Nothing is read beyond the headers and config.json.
+  static Expected<Checkpoint> open(const std::filesystem::path& dir, const io::SafetensorsLimits& limits = {});
+
+  const ModelConfig& config() const { return config_; }
+  const std::filesystem::path& directory() const { return dir_; }
+  std::span<const std::unique_ptr<io::SafetensorsFile>> files() const { return files_; }
+
+  // A tensor by name, or an empty view.
+  TensorView find(std::string_view name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) return {};
+    const io::SafetensorsFile& f = *files_[it->second.file];
+    return TensorView{it->second.info, f.data(*it->second.info), &f.path()};
+  }
+
+  // A tensor that must exist with one of the float dtypes and exactly this shape.
+  Expected<TensorView> require(std::string_view name, const std::vector<int64_t>& shape) const {
+    TensorView t = find(name);
+    if (!t) return Error(Errc::invalid_checkpoint, dir_.string() + ": missing tensor '" + std::string(name) + "'");
+    if (!is_float_weight_dtype(t.dtype())) {
+      return Error(Errc::invalid_checkpoint, *t.file + ": tensor '" + std::string(name) + "' has dtype " +
+                                                 std::string(to_string(t.dtype())) + ", expected BF16, F16 or F32");
+    }
+    if (!std::equal(t.shape().begin(), t.shape().end(), shape.begin(), shape.end())) {
+      return Error(Errc::invalid_checkpoint, *t.file + ": tensor '" + std::string(name) + "' has shape " +
+                                                 io::detail_st::shape_string(t.shape()) + ", expected " +
+                                                 io::detail_st::shape_string(shape));
+    }
+    return t;
+  }
+
+  // Total bytes of tensor data over all files.
+  uint64_t tensor_bytes() const {
+    uint64_t n = 0;
+    for (const auto& [name, loc] : index_) n += loc.info->end - loc.info->begin;
+    return n;
+  }
+
+ private:
+  struct Location {
+    size_t file;
+    const io::TensorInfo* info;
+  };
+  std::filesystem::path dir_;
+  ModelConfig config_;
+  std::vector<std::unique_ptr<io::SafetensorsFile>> files_;  // stable addresses for TensorView
+  std::map<std::string, Location, std::less<>> index_;
+
+  Status add_file(const std::filesystem::path& path, const io::SafetensorsLimits& limits) {
+    auto f = io::SafetensorsFile::open(path, limits);
+    if (!f) return std::move(f).error();
+    files_.push_back(std::make_unique<io::SafetensorsFile>(std::move(*f)));
+    const size_t file_index = files_.size() - 1;
+    for (const auto& t : files_.back()->header().tensors) {
+      auto [it, inserted] = index_.emplace(t.name, Location{file_index, &t});
+      if (!inserted) {
+        return Error(Errc::invalid_checkpoint, path.string() + ": tensor '" + t.name + "' also appears in " +
+                                                   files_[it->second.file]->path());
+      }
+    }
+    return ok();
+  }
+};
+
+inline Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir, const io::SafetensorsLimits& limits) {
+  Checkpoint ck;
+  ck.dir_ = dir;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return Error(Errc::io, dir.string() + ": not a directory (expected a checkpoint with config.json)");
+  }
+  auto config = ModelConfig::load(dir / "config.json");
+  if (!config) return std::move(config).error();
+  ck.config_ = std::move(*config);
+
+  const auto index_path = dir / "model.safetensors.index.json";
+  const auto single_path = dir / "model.safetensors";
+  if (std::filesystem::exists(index_path, ec)) {
+    auto text = io::read_padded(index_path, 64u << 20);
+    if (!text) return std::move(text).error();
+    simdjson::dom::parser parser;
+    auto root = io::parse_object(parser, *text, index_path.string());
+    if (!root) return std::move(root).error();
+    auto weight_map = root->get_object("weight_map");
+    if (!weight_map) return std::move(weight_map).error();
+
+    // Shard names must be plain file names inside the checkpoint directory.
+    std::map<std::string, std::vector<std::string>, std::less<>> shards;
+    for (auto [name, value] : weight_map->raw()) {
+      std::string_view shard;
+      if (value.get(shard) != simdjson::SUCCESS) {
+        return Error(Errc::invalid_checkpoint,
+                     index_path.string() + ": weight_map entry '" + std::string(name) + "' is not a file name");
+      }
+      if (shard.empty() || shard.find('/') != std::string_view::npos || shard.find('\\') != std::string_view::npos ||
+          shard == "." || shard == "..") {
+        return Error(Errc::invalid_checkpoint,
+                     index_path.string() + ": shard name '" + std::string(shard) + "' is not a plain file name");
+      }
+      shards[std::string(shard)].emplace_back(name);
+    }
+    for (const auto& [shard, names] : shards) {
+      const auto shard_path = dir / shard;
+      if (!std::filesystem::exists(shard_path, ec)) {
+        return Error(Errc::io, shard_path.string() + ": shard listed in " + index_path.filename().string() +
+                                   " is missing (it holds '" + names.front() + "')");
+      }
+      if (auto s = ck.add_file(shard_path, limits); !s) return std::move(s).error();
+      for (const auto& name : names) {
+        auto it = ck.index_.find(name);
+        if (it == ck.index_.end() || it->second.file != ck.files_.size() - 1) {
+          return Error(Errc::invalid_checkpoint, shard_path.string() + ": does not contain tensor '" + name +
+                                                     "' that " + index_path.filename().string() + " places there");
+        }
+      }
+    }
+  } else if (std::filesystem::exists(single_path, ec)) {
+    if (auto s = ck.add_file(single_path, limits); !s) return std::move(s).error();
+  } else {
+    return Error(Errc::io, dir.string() + ": neither model.safetensors nor model.safetensors.index.json found");
+  }
+  return ck;
+}
+
+}  // namespace mimo

@@ -1,0 +1,131 @@
+// The tensors of a MiMo checkpoint, by layer, each checked against the config (present, float
+// dtype, exact shape, bytes inside its file) before anything uses it. Views into the mapping:
+// nothing is copied here.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "mimo/config.hpp"
+#include "mimo/error.hpp"
+#include "mimo/io/checkpoint.hpp"
+
+namespace mimo {
+
+// One pre-norm decoder block: attention then SwiGLU MLP, each with a residual connection.
+struct DecoderBlockTensors {
+  TensorView input_layernorm;           // (H)
+  TensorView q_proj, q_bias;            // (nH*D, H), (nH*D); biases absent when !attention_bias
+  TensorView k_proj, k_bias;            // (nKV*D, H), (nKV*D)
+  TensorView v_proj, v_bias;            // (nKV*D, H), (nKV*D)
+  TensorView o_proj;                    // (H, nH*D)
+  TensorView post_attention_layernorm;  // (H)
+  TensorView gate_proj, up_proj;        // (F, H)
+  TensorView down_proj;                 // (H, F)
+};
+
+// One Multi-Token-Prediction layer: combines a hidden state with the embedding of the next token
+// and runs a decoder block on the result; predicts the token after next through the shared lm_head.
+struct MtpLayerTensors {
+  TensorView token_layernorm;   // (H) applied to the embedding of the next token
+  TensorView hidden_layernorm;  // (H) applied to the incoming hidden state
+  TensorView input_proj;        // (H, 2H) on concat[hidden, embedding]
+  DecoderBlockTensors block;
+  TensorView final_layernorm;   // (H)
+};
+
+struct ModelTensors {
+  TensorView embed_tokens;  // (V, H)
+  std::vector<DecoderBlockTensors> layers;
+  TensorView norm;     // (H)
+  TensorView lm_head;  // (V, H); embed_tokens when tie_word_embeddings
+  std::vector<MtpLayerTensors> mtp_layers;
+
+  static Expected<ModelTensors> bind(const Checkpoint& ck);
+};
+
+namespace detail {
+
+inline Status bind_block(const Checkpoint& ck, const std::string& prefix, DecoderBlockTensors& b) {
+  const ModelConfig& c = ck.config();
+  const int64_t H = c.hidden_size, F = c.intermediate_size, Q = c.q_dim(), KV = c.kv_dim();
+  struct Item {
+    TensorView* out;
+    std::string name;
+    std::vector<int64_t> shape;
+  };
+  std::vector<Item> items = {
+      {&b.input_layernorm, prefix + "input_layernorm.weight", {H}},
+      {&b.q_proj, prefix + "self_attn.q_proj.weight", {Q, H}},
+      {&b.k_proj, prefix + "self_attn.k_proj.weight", {KV, H}},
+      {&b.v_proj, prefix + "self_attn.v_proj.weight", {KV, H}},
+      {&b.o_proj, prefix + "self_attn.o_proj.weight", {H, Q}},
+      {&b.post_attention_layernorm, prefix + "post_attention_layernorm.weight", {H}},
+      {&b.gate_proj, prefix + "mlp.gate_proj.weight", {F, H}},
+      {&b.up_proj, prefix + "mlp.up_proj.weight", {F, H}},
+      {&b.down_proj, prefix + "mlp.down_proj.weight", {H, F}},
+  };
+  if (c.attention_bias) {
+    items.push_back({&b.q_bias, prefix + "self_attn.q_proj.bias", {Q}});
+    items.push_back({&b.k_bias, prefix + "self_attn.k_proj.bias", {KV}});
+    items.push_back({&b.v_bias, prefix + "self_attn.v_proj.bias", {KV}});
+  }
+  for (auto& item : items) {
+    auto t = ck.require(item.name, item.shape);
+    if (!t) return std::move(t).error();
+    *item.out = *t;
+  }
+  return ok();
+}
+
+}  // namespace detail
+
+inline Expected<ModelTensors> ModelTensors::bind(const Checkpoint& ck) {
+  const ModelConfig& c = ck.config();
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  ModelTensors m;
+  auto embed = ck.require("model.embed_tokens.weight", {V, H});
+  if (!embed) return std::move(embed).error();
+  m.embed_tokens = *embed;
+  auto norm = ck.require("model.norm.weight", {H});
+  if (!norm) return std::move(norm).error();
+  m.norm = *norm;
+  if (c.tie_word_embeddings) {
+    m.lm_head = m.embed_tokens;
+  } else {
+    auto head = ck.require("lm_head.weight", {V, H});
+    if (!head) return std::move(head).error();
+    m.lm_head = *head;
+  }
+  m.layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    if (auto s = detail::bind_block(ck, "model.layers." + std::to_string(i) + ".", m.layers[i]); !s) {
+      return std::move(s).error();
+    }
+  }
+  m.mtp_layers.resize(static_cast<size_t>(c.num_nextn_predict_layers));
+  for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+    const std::string prefix = "model.mtp_layers." + std::to_string(k) + ".";
+    MtpLayerTensors& L = m.mtp_layers[k];
+    if (auto s = detail::bind_block(ck, prefix, L.block); !s) return std::move(s).error();
+    struct Item {
+      TensorView* out;
+      const char* name;
+      std::vector<int64_t> shape;
+    };
+    const Item items[] = {
+        {&L.token_layernorm, "token_layernorm.weight", {H}},
+        {&L.hidden_layernorm, "hidden_layernorm.weight", {H}},
+        {&L.input_proj, "input_proj.weight", {H, 2 * H}},
+        {&L.final_layernorm, "final_layernorm.weight", {H}},
+    };
+    for (const auto& item : items) {
+      auto t = ck.require(prefix + item.name, item.shape);
+      if (!t) return std::move(t).error();
+      *item.out = *t;
+    }
+  }
+  return m;
+}
+
+}  // namespace mimo
