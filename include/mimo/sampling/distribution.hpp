@@ -1,0 +1,140 @@
+// A probability distribution over token ids: the final output of a sampling chain, what a draw
+// samples from, and what speculative decoding compares (target p against draft q).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mimo/detail/sampler_math.hpp"
+#include "mimo/error.hpp"
+
+namespace mimo {
+
+namespace detail {
+struct DistributionAccess;
+}
+
+// Sparse: the tokens with nonzero probability, ids ascending, with their probabilities (which sum
+// to 1 up to float rounding). A token that is absent has probability 0 and is never drawn. Copies
+// are ordinary value copies.
+class Distribution {
+ public:
+  Distribution() = default;
+
+  // Normalises nonnegative weights over strictly ascending token ids; zero weights are dropped.
+  // Errors: mismatched lengths, ids not strictly ascending or negative, a weight that is negative,
+  // NaN or infinite, or weights that sum to zero.
+  static Expected<Distribution> from_weights(std::span<const int32_t> ids,
+                                             std::span<const float> weights) {
+    if (ids.size() != weights.size()) {
+      return Error(Errc::invalid_argument, "distribution: " + std::to_string(ids.size()) + " ids but " +
+                                               std::to_string(weights.size()) + " weights");
+    }
+    double sum = 0.0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || (i > 0 && ids[i] <= ids[i - 1])) {
+        return Error(Errc::invalid_argument,
+                     "distribution: token ids must be nonnegative and strictly ascending (entry " +
+                         std::to_string(i) + " is " + std::to_string(ids[i]) + ")");
+      }
+      if (!(weights[i] >= 0.0f) || std::isinf(weights[i])) {
+        return Error(Errc::invalid_argument, "distribution: the weight of token " + std::to_string(ids[i]) +
+                                                 " is " + std::to_string(weights[i]));
+      }
+      sum += double{weights[i]};
+    }
+    if (!(sum > 0.0)) return Error(Errc::invalid_argument, "distribution: the weights sum to zero");
+    Distribution distribution;
+    distribution.probs_.assign(weights.begin(), weights.end());
+    distribution.normalise(ids, sum);
+    return distribution;
+  }
+
+  size_t size() const { return ids_.size(); }
+  bool empty() const { return ids_.empty(); }
+  std::span<const int32_t> ids() const { return ids_; }
+  std::span<const float> probabilities() const { return probs_; }
+
+  // The probability of `token`; 0 when it is absent. O(log n).
+  float probability(int32_t token) const {
+    const auto it = std::lower_bound(ids_.begin(), ids_.end(), token);
+    return (it != ids_.end() && *it == token) ? probs_[static_cast<size_t>(it - ids_.begin())] : 0.0f;
+  }
+
+  // The most probable token, lower id first on ties; -1 when empty.
+  int32_t most_likely() const {
+    if (ids_.empty()) return -1;
+    const auto best = std::max_element(probs_.begin(), probs_.end());  // first of equals
+    return ids_[static_cast<size_t>(best - probs_.begin())];
+  }
+
+  // The token at which the running sum of probabilities, in id order, first exceeds
+  // `uniform * total`, for `uniform` in [0, 1): inverse-CDF sampling. A token of probability 0 is
+  // never returned. -1 when empty.
+  int32_t quantile(double uniform) const {
+    if (ids_.empty()) return -1;
+    const double target = uniform * total_;
+    double running = 0.0;
+    for (size_t i = 0; i < probs_.size(); ++i) {
+      running += double{probs_[i]};
+      if (running > target) return ids_[i];
+    }
+    return ids_.back();  // uniform * total rounded up to total
+  }
+
+ private:
+  friend struct detail::DistributionAccess;
+
+  // softmax(logits) over `ids`, given the largest logit. Reuses this object's buffers.
+  void assign_softmax(std::span<const int32_t> ids, std::span<const float> logits, float max) {
+    probs_.resize(logits.size());
+    ids_.resize(logits.size());
+    const double sum = detail::exp_shifted(logits, max, probs_);
+    normalise(ids, sum);
+  }
+
+  // probs_ holds weights parallel to `ids`: divides them by `sum` and drops the zeros.
+  void normalise(std::span<const int32_t> ids, double sum) {
+    ids_.resize(ids.size());
+    const double scale = 1.0 / sum;
+    size_t kept = 0;
+    total_ = 0.0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const float probability = static_cast<float>(double{probs_[i]} * scale);
+      if (!(probability > 0.0f)) continue;  // zero weight, or underflowed: never drawn
+      ids_[kept] = ids[i];
+      probs_[kept] = probability;
+      total_ += double{probability};  // summed in the order quantile() walks
+      ++kept;
+    }
+    ids_.resize(kept);
+    probs_.resize(kept);
+  }
+
+  std::vector<int32_t> ids_;
+  std::vector<float> probs_;
+  double total_ = 0.0;  // sum of probs_ as quantile() accumulates it, so its walk always ends
+};
+
+namespace detail {
+// The softmax stage fills a Distribution without re-validating what it already checked.
+struct DistributionAccess {
+  static void assign_softmax(Distribution& d, std::span<const int32_t> ids, std::span<const float> logits,
+                             float max) {
+    d.assign_softmax(ids, logits, max);
+  }
+  // Normalises weights (nonnegative, parallel to ascending ids) that sum to `sum` > 0.
+  static void assign_weights(Distribution& d, std::span<const int32_t> ids, std::span<const float> weights,
+                             double sum) {
+    d.probs_.assign(weights.begin(), weights.end());
+    d.normalise(ids, sum);
+  }
+};
+}  // namespace detail
+
+}  // namespace mimo
