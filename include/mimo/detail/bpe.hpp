@@ -1,0 +1,368 @@
+// Byte-level BPE pieces: the GPT-2 byte alphabet, the vocabulary (token text -> id) and merge
+// (pair of ids -> rank, merged id) hash tables, and the merge loop.
+//
+// Tables are open-addressing arrays over one text arena rather than maps of std::string, so
+// loading 150k tokens and merges costs few allocations (see the load-time goal in tokenizer.hpp).
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mimo::detail {
+
+// ---------------------------------------------------------------------------------------------
+// GPT-2's reversible map from bytes to printable characters: printable Latin-1 bytes map to
+// themselves, the other 68 bytes to U+0100.. in byte order (space -> U+0120 'Ġ', \n -> 'Ċ').
+
+struct ByteLevelAlphabet {
+  char32_t char_of_byte[256];
+  int16_t byte_of_char[324];  // indexed by code point (all < 324); -1 where no byte maps there
+
+  constexpr ByteLevelAlphabet() : char_of_byte(), byte_of_char() {
+    for (auto& b : byte_of_char) b = -1;
+    char32_t next = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      char_of_byte[b] = printable ? static_cast<char32_t>(b) : next++;
+      byte_of_char[char_of_byte[b]] = static_cast<int16_t>(b);
+    }
+  }
+};
+inline constexpr ByteLevelAlphabet byte_level{};
+
+// The byte a byte-level character stands for, or -1.
+inline int byte_of_byte_level_char(char32_t c) { return c < 324 ? byte_level.byte_of_char[c] : -1; }
+
+// ---------------------------------------------------------------------------------------------
+// Hashing
+
+inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 32;
+  x *= 0xD6E8FEB86659FD93ull;
+  x ^= x >> 32;
+  return x;
+}
+
+inline uint64_t hash_bytes(std::string_view s) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
+  const char* p = s.data();
+  size_t n = s.size();
+  while (n >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  uint64_t w = 0;
+  std::memcpy(&w, p, n);
+  h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+  return mix64(h);
+}
+
+inline size_t table_capacity_for(size_t count) {
+  // A power of two for masking, with a load factor of at most 3/4 (the tables are built once, so
+  // smaller tables that stay in cache matter more than short probe sequences).
+  return std::bit_ceil(std::max<size_t>(16, count + count / 3 + 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token texts by id, back to back in one arena in id order, and the reverse lookup.
+//
+// Built in three steps so that everything is allocated once: reset() with the id range, then
+// set_length() for every token, then add() for every token.
+
+class Vocabulary {
+ public:
+  void reset(size_t id_limit, size_t count) {
+    offsets_.assign(id_limit + 1, 0);
+    present_.assign(id_limit, 0);
+    slots_.assign(table_capacity_for(count), 0);
+    mask_ = slots_.size() - 1;
+    size_ = 0;
+    text_.clear();
+  }
+
+  // Step 2. Returns false when the id already has a token.
+  bool set_length(int32_t id, size_t length) {
+    if (present_[id]) return false;
+    present_[id] = 1;
+    offsets_[id + 1] = static_cast<uint32_t>(length);
+    return true;
+  }
+
+  // Step 3. Returns the id that already has this text, or -1 when the token was added.
+  int32_t add(std::string_view token, int32_t id) {
+    if (text_.empty() && !offsets_.empty()) {  // first call: lengths -> offsets, size the arena
+      for (size_t i = 1; i < offsets_.size(); ++i) offsets_[i] += offsets_[i - 1];
+      text_.resize(offsets_.back());
+    }
+    if ((size_ + 1) * 4 > slots_.size() * 3) grow();
+    const uint64_t h = hash_bytes(token);
+    size_t slot = h & mask_;
+    while (slots_[slot] != 0) {
+      if (tag_of(slots_[slot]) == static_cast<uint32_t>(h >> 32) && text(id_of(slots_[slot])) == token)
+        return id_of(slots_[slot]);
+      slot = (slot + 1) & mask_;
+    }
+    std::memcpy(text_.data() + offsets_[id], token.data(), token.size());
+    slots_[slot] = pack(static_cast<uint32_t>(h >> 32), id);
+    ++size_;
+    return -1;
+  }
+
+  // The id of a token text, or -1.
+  int32_t find(std::string_view token) const {
+    if (slots_.empty()) return -1;
+    const uint64_t h = hash_bytes(token);
+    size_t slot = h & mask_;
+    while (slots_[slot] != 0) {
+      if (tag_of(slots_[slot]) == static_cast<uint32_t>(h >> 32) && text(id_of(slots_[slot])) == token)
+        return id_of(slots_[slot]);
+      slot = (slot + 1) & mask_;
+    }
+    return -1;
+  }
+
+  bool contains_id(int32_t id) const { return id >= 0 && static_cast<size_t>(id) < present_.size() && present_[id]; }
+  // Text of a token id; contains_id(id) must hold.
+  std::string_view text(int32_t id) const { return {text_.data() + offsets_[id], offsets_[id + 1] - offsets_[id]}; }
+  size_t size() const { return size_; }
+  size_t memory_bytes() const {
+    return text_.capacity() + offsets_.capacity() * sizeof(uint32_t) + present_.capacity() +
+           slots_.capacity() * sizeof(uint64_t);
+  }
+
+ private:
+  // Slot: hash tag in the high half, id + 1 in the low half, 0 when empty.
+  static uint64_t pack(uint32_t tag, int32_t id) {
+    return (static_cast<uint64_t>(tag) << 32) | (static_cast<uint32_t>(id) + 1u);
+  }
+  static uint32_t tag_of(uint64_t slot) { return static_cast<uint32_t>(slot >> 32); }
+  static int32_t id_of(uint64_t slot) { return static_cast<int32_t>(static_cast<uint32_t>(slot) - 1u); }
+
+  void grow() {
+    std::vector<uint64_t> old(slots_.size() * 2, 0);
+    old.swap(slots_);
+    mask_ = slots_.size() - 1;
+    for (uint64_t s : old) {
+      if (s == 0) continue;
+      size_t slot = hash_bytes(text(id_of(s))) & mask_;
+      while (slots_[slot] != 0) slot = (slot + 1) & mask_;
+      slots_[slot] = s;
+    }
+  }
+
+  std::string text_;
+  std::vector<uint32_t> offsets_;  // by id, size id_limit + 1
+  std::vector<uint8_t> present_;   // by id
+  std::vector<uint64_t> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
+};
+
+// Appends the bytes that a token's text stands for: each byte-level character becomes its byte;
+// text with any other character is kept as it is (Hugging Face's ByteLevel decoder does both).
+inline void append_token_bytes(std::string& out, std::string_view text) {
+  const size_t start = out.size();
+  for (size_t i = 0; i < text.size();) {
+    const auto b0 = static_cast<uint8_t>(text[i]);
+    int byte = -1;
+    if (b0 >= 0x21 && b0 <= 0x7E) {
+      byte = b0;
+      i += 1;
+    } else if ((b0 == 0xC2 || b0 == 0xC3 || b0 == 0xC4 || b0 == 0xC5) && i + 1 < text.size()) {
+      const auto b1 = static_cast<uint8_t>(text[i + 1]);
+      if ((b1 & 0xC0) == 0x80) {
+        byte = byte_of_byte_level_char(static_cast<char32_t>(((b0 & 0x1Fu) << 6) | (b1 & 0x3Fu)));
+        i += 2;
+      }
+    }
+    if (byte < 0) {
+      out.resize(start);
+      out.append(text);
+      return;
+    }
+    out.push_back(static_cast<char>(byte));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merges: (left id, right id) -> (rank, merged id). A lower rank merges first.
+
+struct Merge {
+  uint32_t rank;
+  int32_t merged;
+};
+
+class MergeTable {
+ public:
+  void reset(size_t count) {
+    slots_.assign(table_capacity_for(count), Slot{empty_key, {0, 0}});
+    mask_ = slots_.size() - 1;
+    size_ = 0;
+  }
+
+  // Inserts or, as Hugging Face does for a pair listed twice, replaces.
+  void put(int32_t left, int32_t right, Merge merge) {
+    if ((size_ + 1) * 4 > slots_.size() * 3) grow();
+    const uint64_t k = key(left, right);
+    size_t slot = mix64(k) & mask_;
+    while (slots_[slot].key != empty_key && slots_[slot].key != k) slot = (slot + 1) & mask_;
+    if (slots_[slot].key == empty_key) ++size_;
+    slots_[slot] = Slot{k, merge};
+  }
+
+  const Merge* find(int32_t left, int32_t right) const {
+    const uint64_t k = key(left, right);
+    size_t slot = mix64(k) & mask_;
+    while (true) {
+      const Slot& s = slots_[slot];
+      if (s.key == k) return &s.merge;
+      if (s.key == empty_key) return nullptr;
+      slot = (slot + 1) & mask_;
+    }
+  }
+
+  size_t size() const { return size_; }
+  size_t memory_bytes() const { return slots_.capacity() * sizeof(Slot); }
+
+ private:
+  static constexpr uint64_t empty_key = UINT64_MAX;  // ids are non-negative, so no pair has this key
+  struct Slot {
+    uint64_t key;
+    Merge merge;
+  };
+  static uint64_t key(int32_t left, int32_t right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+  }
+  void grow() {
+    std::vector<Slot> old(slots_.size() * 2, Slot{empty_key, {0, 0}});
+    old.swap(slots_);
+    mask_ = slots_.size() - 1;
+    for (const Slot& s : old) {
+      if (s.key == empty_key) continue;
+      size_t slot = mix64(s.key) & mask_;
+      while (slots_[slot].key != empty_key) slot = (slot + 1) & mask_;
+      slots_[slot] = s;
+    }
+  }
+
+  std::vector<Slot> slots_{Slot{empty_key, {0, 0}}};
+  size_t mask_ = 0;
+  size_t size_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The merge loop. Repeatedly merges the adjacent pair of lowest rank, the leftmost one among
+// equals, until no adjacent pair has a merge. That is what Hugging Face's priority queue over
+// (rank, position) computes; stale queue entries there are exactly the pairs that no longer exist.
+
+struct BpeScratch {
+  std::vector<uint32_t> ranks;
+  struct Symbol {
+    int32_t id;
+    int32_t prev;
+    int32_t next;
+  };
+  std::vector<Symbol> symbols;
+  struct Candidate {
+    uint32_t rank;
+    int32_t pos;
+    int32_t merged;
+  };
+  std::vector<Candidate> heap;
+};
+
+namespace bpe_detail {
+inline constexpr uint32_t no_merge = UINT32_MAX;
+
+// O(n^2), fastest for the short words that are nearly all pieces.
+inline void merge_short(const MergeTable& merges, std::vector<int32_t>& ids, size_t first, BpeScratch& scratch) {
+  int32_t* w = ids.data() + first;
+  size_t n = ids.size() - first;
+  auto& ranks = scratch.ranks;
+  ranks.resize(n);
+  auto rank_of = [&](size_t i) {
+    const Merge* m = merges.find(w[i], w[i + 1]);
+    return m ? m->rank : no_merge;
+  };
+  for (size_t i = 0; i + 1 < n; ++i) ranks[i] = rank_of(i);
+  while (n > 1) {
+    size_t best = 0;
+    for (size_t i = 1; i + 1 < n; ++i)
+      if (ranks[i] < ranks[best]) best = i;
+    if (ranks[best] == no_merge) break;
+    w[best] = merges.find(w[best], w[best + 1])->merged;
+    for (size_t i = best + 1; i + 1 < n; ++i) {
+      w[i] = w[i + 1];
+      ranks[i] = ranks[i + 1];
+    }
+    --n;
+    if (best > 0) ranks[best - 1] = rank_of(best - 1);
+    if (best + 1 < n) ranks[best] = rank_of(best);
+  }
+  ids.resize(first + n);
+}
+
+// O(n log n) with a heap and a linked list, for long words.
+inline void merge_long(const MergeTable& merges, std::vector<int32_t>& ids, size_t first, BpeScratch& scratch) {
+  const size_t n = ids.size() - first;
+  auto& sym = scratch.symbols;
+  auto& heap = scratch.heap;
+  sym.resize(n);
+  heap.clear();
+  // Min-heap on (rank, pos).
+  const auto later = [](const BpeScratch::Candidate& a, const BpeScratch::Candidate& b) {
+    return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos;
+  };
+  const auto push = [&](int32_t pos) {
+    const int32_t next = sym[pos].next;
+    if (next < 0) return;
+    if (const Merge* m = merges.find(sym[pos].id, sym[next].id)) {
+      heap.push_back({m->rank, pos, m->merged});
+      std::push_heap(heap.begin(), heap.end(), later);
+    }
+  };
+  for (size_t i = 0; i < n; ++i) {
+    sym[i] = {ids[first + i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1};
+  }
+  for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int32_t>(i));
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), later);
+    const BpeScratch::Candidate top = heap.back();
+    heap.pop_back();
+    auto& left = sym[top.pos];
+    if (left.id < 0 || left.next < 0) continue;  // merged away, or now the last symbol
+    auto& right = sym[left.next];
+    const Merge* m = merges.find(left.id, right.id);
+    if (m == nullptr || m->merged != top.merged) continue;  // stale: the pair changed
+    left.id = top.merged;
+    right.id = -1;
+    left.next = right.next;
+    if (left.next >= 0) sym[left.next].prev = top.pos;
+    if (left.prev >= 0) push(left.prev);
+    push(top.pos);
+  }
+  size_t out = first;
+  for (int32_t i = 0; i >= 0; i = sym[i].next) ids[out++] = sym[i].id;
+  ids.resize(out);
+}
+}  // namespace bpe_detail
+
+// Merges the symbols ids[first..] in place.
+inline void bpe_merge(const MergeTable& merges, std::vector<int32_t>& ids, size_t first, BpeScratch& scratch) {
+  const size_t n = ids.size() - first;
+  if (n < 2) return;
+  if (n <= 64) bpe_detail::merge_short(merges, ids, first, scratch);
+  else bpe_detail::merge_long(merges, ids, first, scratch);
+}
+
+}  // namespace mimo::detail
