@@ -39,11 +39,11 @@ struct LoadProgress {
 
 struct LoadOptions {
   // Called as loading advances; return false to cancel (load() then returns Errc::cancelled).
-  std::function<bool(const LoadProgress&)> on_progress;
+  std::function<bool(const LoadProgress&)> on_progress{};
   // Read every weight page once while loading, so the first tokens are not slowed by page faults
   // and a file that cannot be read fails here rather than during generation.
   bool preload = true;
-  io::SafetensorsLimits limits;
+  io::SafetensorsLimits limits{};
 };
 
 // Memory a model and one session will use, before committing to them.
@@ -83,10 +83,10 @@ struct Logits {
 // the output of step k-1 at t with token x_{t+1+k}, through layer min(k, num_nextn_predict_layers-1).
 struct MtpBatch {
   int step = 0;
-  std::span<const int32_t> source_rows;  // per row: a kept hidden row of the last append (step 0) or
+  std::span<const int32_t> source_rows{};  // per row: a kept hidden row of the last append (step 0) or
                                          // an output row of step-1's last batch (step > 0)
-  std::span<const int32_t> tokens;       // per row: the token whose embedding is combined
-  std::span<const int64_t> positions;    // per row: RoPE position t
+  std::span<const int32_t> tokens{};     // per row: the token whose embedding is combined
+  std::span<const int64_t> positions{};  // per row: RoPE position t
   OutputRows logits = OutputRows::all;
 };
 

@@ -60,9 +60,9 @@ struct Options {
   uint64_t seed = 0;
   int shards = 1;               // 1: model.safetensors; more: model-0000i-of-0000n.safetensors + index
   DType dtype = DType::bf16;    // BF16, F16 or F32
-  std::filesystem::path tokenizer;  // a tokenizer.json to copy beside the weights (optional)
+  std::filesystem::path tokenizer{};  // a tokenizer.json to copy beside the weights (optional)
   // Called with bytes written and total; return false to cancel.
-  std::function<bool(uint64_t, uint64_t)> on_progress;
+  std::function<bool(uint64_t, uint64_t)> on_progress{};
 };
 
 enum class Init { linear, norm, bias, embedding };

@@ -27,7 +27,7 @@ int cmd_generate(int argc, char** argv) {
   const int64_t needed = static_cast<int64_t>(prompt->size()) + *n;
   auto context = args->get_int("context", std::min<int64_t>(needed, model->config().max_position_embeddings));
   if (!context) return cli::fail("generate", context.error());
-  auto session = model->new_session({.context = *context, .backend = {.threads = static_cast<int>(*threads), .pool = nullptr}});
+  auto session = model->new_session({.context = *context, .backend = {.threads = static_cast<int>(*threads)}});
   if (!session) return cli::fail("generate", session.error());
 
   std::vector<int32_t> generated;

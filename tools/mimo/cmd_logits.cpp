@@ -37,7 +37,7 @@ int cmd_logits(int argc, char** argv) {
   }
   const int64_t batch = std::max<int64_t>(T, 1);
   auto session = model->new_session(
-      {.context = std::max<int64_t>(T, 1), .batch = batch, .backend = {.threads = static_cast<int>(*threads), .pool = nullptr}});
+      {.context = std::max<int64_t>(T, 1), .batch = batch, .backend = {.threads = static_cast<int>(*threads)}});
   if (!session) return cli::fail("logits", session.error());
 
   const bool mtp = K >= 0;

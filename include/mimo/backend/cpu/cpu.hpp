@@ -26,7 +26,7 @@ struct Cpu {
   // Options of a session's execution context.
   struct ContextOptions {
     int threads = 0;                         // threads of a pool the session creates (0: hardware threads)
-    std::shared_ptr<cpu::ThreadPool> pool;   // or a pool shared with other sessions (threads is then ignored)
+    std::shared_ptr<cpu::ThreadPool> pool{}; // or a pool shared with other sessions (threads is then ignored)
     cpu::Isa isa = cpu::detect_isa();        // kernels to use; lower it to force a fallback
   };
 
