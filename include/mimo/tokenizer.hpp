@@ -223,6 +223,17 @@ class Tokenizer {
   // One past the largest id (151669 for MiMo; the model's embedding has padding rows beyond it).
   int32_t vocab_size() const { return static_cast<int32_t>(data_->kinds.size()); }
   size_t merge_count() const { return data_->merges.size(); }
+
+  // The merge of two adjacent tokens, if there is one: its rank (lower ranks merge first) and
+  // the token it makes.
+  struct MergeRule {
+    uint32_t rank;
+    int32_t merged;
+  };
+  std::optional<MergeRule> merge_rule(int32_t left, int32_t right) const {
+    if (const detail::Merge* m = data_->merges.find(left, right)) return MergeRule{m->rank, m->merged};
+    return std::nullopt;
+  }
   std::span<const AddedToken> added_tokens() const { return data_->added; }
 
   // From tokenizer_config.json when it was found and names them.
