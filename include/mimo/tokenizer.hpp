@@ -152,6 +152,9 @@ struct TokenizerData {
   Vocabulary vocab;    // model.vocab, byte-level text as in the file
   MergeTable merges;
   std::array<int32_t, 256> byte_ids{};  // id of each byte's byte-level character, -1 if missing
+  // The merge of two bytes' symbols, by first byte * 256 + second; empty unless all 256 bytes
+  // have a symbol (then a piece's symbols are its bytes).
+  std::vector<Merge> byte_pairs;
   int32_t unk_id = -1;
   bool fuse_unk = false;
   bool ignore_merges = false;
@@ -434,7 +437,8 @@ inline void Tokenizer::encode_piece(std::string_view piece, std::vector<int32_t>
       last_was_unk = true;
     }  // without an unknown token, Hugging Face drops bytes missing from the vocabulary
   }
-  detail::bpe_merge(d.merges, out, first, scratch.bpe);
+  if (d.byte_pairs.empty()) detail::bpe_merge(d.merges, out, first, scratch.bpe);
+  else detail::bpe_merge(d.merges, out, first, scratch.bpe, d.byte_pairs.data(), piece);
 }
 
 inline Status Tokenizer::decode_append(std::span<const int32_t> ids, std::string& out, DecodeOptions options) const {
@@ -756,6 +760,22 @@ inline Expected<Tokenizer> Tokenizer::build(const simdjson::padded_string& json,
     if (data->unk_id < 0) return model->bad("unk_token", quote_text(*unk) + " is not in the vocabulary");
   }
 
+  // The byte-level symbol of each byte.
+  bool all_bytes = true;
+  for (int b = 0; b < 256; ++b) {
+    std::string symbol;
+    detail::append_utf8(symbol, detail::byte_level.char_of_byte[b]);
+    data->byte_ids[b] = data->vocab.find(symbol);
+    all_bytes = all_bytes && data->byte_ids[b] >= 0;
+  }
+  if (all_bytes) data->byte_pairs.assign(256 * 256, detail::bpe_detail::no_merge);
+  // The byte a token stands for when its text is one byte-level character, else -1.
+  const auto single_byte = [](std::string_view text) -> int {
+    if (text.empty() || text.size() > 2) return -1;
+    const auto c = detail::decode_utf8(text.data(), text.data() + text.size());
+    return c.valid && c.length == text.size() ? detail::byte_of_byte_level_char(c.code_point) : -1;
+  };
+
   // Merges: ["a", "b"] pairs, or "a b" strings as older files write them.
   auto merges = model->get_array("merges");
   if (!merges) return std::move(merges).error();
@@ -805,16 +825,16 @@ inline Expected<Tokenizer> Tokenizer::build(const simdjson::padded_string& json,
                                                    quote_text(left) + " + " + quote_text(right) + ": token " + quote_text(missing) +
                                                    " is not in the vocabulary");
       }
-      data->merges.put(left_id, right_id, detail::Merge{rank++, merged_id});
+      data->merges.put(left_id, right_id, detail::Merge{rank, merged_id});
+      if (!data->byte_pairs.empty() && left.size() <= 2 && right.size() <= 2) {
+        const int left_byte = single_byte(left), right_byte = single_byte(right);
+        if (left_byte >= 0 && right_byte >= 0)
+          data->byte_pairs[static_cast<size_t>(left_byte) * 256 + static_cast<size_t>(right_byte)] = {rank, merged_id};
+      }
+      ++rank;
     }
   }
 
-  // The byte-level symbol of each byte.
-  for (int b = 0; b < 256; ++b) {
-    std::string symbol;
-    detail::append_utf8(symbol, detail::byte_level.char_of_byte[b]);
-    data->byte_ids[b] = data->vocab.find(symbol);
-  }
 
   // Kinds of ids. An added token with the id of a vocabulary entry hides it, as in Hugging Face.
   data->kinds.assign(id_limit, detail::TokenKind::none);

@@ -266,7 +266,7 @@ class MergeTable {
 // (rank, position) computes; stale queue entries there are exactly the pairs that no longer exist.
 
 struct BpeScratch {
-  std::vector<uint32_t> ranks;
+  std::vector<Merge> pairs;
   struct Symbol {
     int32_t id;
     int32_t prev;
@@ -282,32 +282,32 @@ struct BpeScratch {
 };
 
 namespace bpe_detail {
-inline constexpr uint32_t no_merge = UINT32_MAX;
+inline constexpr Merge no_merge{UINT32_MAX, -1};
 
-// O(n^2), fastest for the short words that are nearly all pieces.
+inline Merge merge_of(const MergeTable& merges, int32_t left, int32_t right) {
+  const Merge* m = merges.find(left, right);
+  return m ? *m : no_merge;
+}
+
+// O(n^2), fastest for the short words that are nearly all pieces. pairs[i] is the merge of
+// symbols i and i + 1, so each merge costs two lookups (its new neighbours).
 inline void merge_short(const MergeTable& merges, std::vector<int32_t>& ids, size_t first, BpeScratch& scratch) {
   int32_t* w = ids.data() + first;
   size_t n = ids.size() - first;
-  auto& ranks = scratch.ranks;
-  ranks.resize(n);
-  auto rank_of = [&](size_t i) {
-    const Merge* m = merges.find(w[i], w[i + 1]);
-    return m ? m->rank : no_merge;
-  };
-  for (size_t i = 0; i + 1 < n; ++i) ranks[i] = rank_of(i);
+  auto& pairs = scratch.pairs;
   while (n > 1) {
     size_t best = 0;
     for (size_t i = 1; i + 1 < n; ++i)
-      if (ranks[i] < ranks[best]) best = i;
-    if (ranks[best] == no_merge) break;
-    w[best] = merges.find(w[best], w[best + 1])->merged;
+      if (pairs[i].rank < pairs[best].rank) best = i;
+    if (pairs[best].rank == no_merge.rank) break;
+    w[best] = pairs[best].merged;
     for (size_t i = best + 1; i + 1 < n; ++i) {
       w[i] = w[i + 1];
-      ranks[i] = ranks[i + 1];
+      pairs[i] = pairs[i + 1];
     }
     --n;
-    if (best > 0) ranks[best - 1] = rank_of(best - 1);
-    if (best + 1 < n) ranks[best] = rank_of(best);
+    if (best > 0) pairs[best - 1] = merge_of(merges, w[best - 1], w[best]);
+    if (best + 1 < n) pairs[best] = merge_of(merges, w[best], w[best + 1]);
   }
   ids.resize(first + n);
 }
@@ -333,8 +333,10 @@ inline void merge_long(const MergeTable& merges, std::vector<int32_t>& ids, size
   };
   for (size_t i = 0; i < n; ++i) {
     sym[i] = {ids[first + i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1};
+    if (i + 1 < n && scratch.pairs[i].rank != no_merge.rank)
+      heap.push_back({scratch.pairs[i].rank, static_cast<int32_t>(i), scratch.pairs[i].merged});
   }
-  for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int32_t>(i));
+  std::make_heap(heap.begin(), heap.end(), later);
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), later);
     const BpeScratch::Candidate top = heap.back();
@@ -357,10 +359,21 @@ inline void merge_long(const MergeTable& merges, std::vector<int32_t>& ids, size
 }
 }  // namespace bpe_detail
 
-// Merges the symbols ids[first..] in place.
-inline void bpe_merge(const MergeTable& merges, std::vector<int32_t>& ids, size_t first, BpeScratch& scratch) {
+// Merges the symbols ids[first..] in place. With `byte_pairs` (the merge of every two bytes'
+// symbols, indexed by first byte * 256 + second) and the piece's bytes, one symbol per byte, the
+// first round of lookups is a table read.
+inline void bpe_merge(const MergeTable& merges, std::vector<int32_t>& ids, size_t first, BpeScratch& scratch,
+                      const Merge* byte_pairs = nullptr, std::string_view bytes = {}) {
   const size_t n = ids.size() - first;
   if (n < 2) return;
+  auto& pairs = scratch.pairs;
+  pairs.resize(n - 1);
+  if (byte_pairs != nullptr && bytes.size() == n) {
+    for (size_t i = 0; i + 1 < n; ++i)
+      pairs[i] = byte_pairs[static_cast<uint8_t>(bytes[i]) * 256u + static_cast<uint8_t>(bytes[i + 1])];
+  } else {
+    for (size_t i = 0; i + 1 < n; ++i) pairs[i] = bpe_detail::merge_of(merges, ids[first + i], ids[first + i + 1]);
+  }
   if (n <= 64) bpe_detail::merge_short(merges, ids, first, scratch);
   else bpe_detail::merge_long(merges, ids, first, scratch);
 }
