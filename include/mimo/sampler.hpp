@@ -86,14 +86,14 @@
 namespace mimo {
 
 struct SamplerOptions {
-  float temperature = 1.0f;  // >= 0, finite; 0 is greedy
-  int32_t top_k = 0;         // >= 0; 0 is off; larger than the vocabulary is off
-  float top_p = 1.0f;        // [0, 1]; 1 is off, 0 keeps only the best token
-  float min_p = 0.0f;        // [0, 1]; 0 is off
-  float repeat_penalty = 1.0f;     // > 0; 1 is off (see mimo::Penalties)
-  float presence_penalty = 0.0f;   // finite; 0 is off
-  float frequency_penalty = 0.0f;  // finite; 0 is off
-  int32_t penalty_window = 64;     // [0, 2^20]: how many of the last accepted tokens are penalised
+  float temperature = 1.0f;                // >= 0, finite; 0 is greedy
+  int32_t top_k = 0;                       // >= 0; 0 is off; larger than the vocabulary is off
+  float top_p = 1.0f;                      // [0, 1]; 1 is off, 0 keeps only the best token
+  float min_p = 0.0f;                      // [0, 1]; 0 is off
+  float repeat_penalty = 1.0f;             // > 0; 1 is off (see mimo::Penalties)
+  float presence_penalty = 0.0f;           // finite; 0 is off
+  float frequency_penalty = 0.0f;          // finite; 0 is off
+  int32_t penalty_window = 64;             // [0, 2^20]: how many of the last accepted tokens are penalised
   std::vector<TokenBias> logit_bias = {};  // tokens in [0, vocab_size); finite, or -inf to ban
   uint64_t seed = 0;
   bool greedy = false;  // argmax after penalties and bias; the other stages are skipped
@@ -137,8 +137,8 @@ class Sampler {
                        std::to_string(vocab_size));
       }
       if (std::isnan(entry.bias) || entry.bias == std::numeric_limits<float>::infinity()) {
-        return invalid("logit_bias for token " + std::to_string(entry.token) + " is " +
-                       std::to_string(entry.bias) + "; use a finite value, or -inf to ban");
+        return invalid("logit_bias for token " + std::to_string(entry.token) + " is " + std::to_string(entry.bias) +
+                       "; use a finite value, or -inf to ban");
       }
     }
     return Sampler(std::move(options), vocab_size);
@@ -257,8 +257,8 @@ class Sampler {
         window_(static_cast<size_t>(options_.penalty_window)) {}
 
   static Penalties penalties_of(const SamplerOptions& options) {
-    return {.repeat = options.repeat_penalty, .presence = options.presence_penalty,
-            .frequency = options.frequency_penalty};
+    return {
+        .repeat = options.repeat_penalty, .presence = options.presence_penalty, .frequency = options.frequency_penalty};
   }
 
   SamplerOptions options_;

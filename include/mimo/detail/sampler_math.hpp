@@ -57,42 +57,74 @@ inline float exp_nonpositive(float x) {
   return p * std::bit_cast<float>(scale_bits);
 }
 
-// What one pass over a logits array found.
-struct LogitScan {
-  float max = -std::numeric_limits<float>::infinity();  // largest value that is not NaN
-  bool has_nan = false;
-  bool has_positive_infinity = false;
+// The passes over the whole vocabulary below walk blocks of `block` entries with a constant trip
+// count and accumulate into int or float lanes (never bool): the shape that GCC and Clang
+// vectorise even at -O2 and without -ffast-math. A scalar loop finishes the remainder.
+constexpr size_t block = 64;
+
+// 1 for NaN (either sign) and +inf, 0 otherwise; -inf (a banned token) is an ordinary logit.
+inline uint32_t is_invalid_logit(float value) {
+  const uint32_t bits = std::bit_cast<uint32_t>(value);
+  return static_cast<uint32_t>((bits & 0x7FFF'FFFFu) >= 0x7F80'0000u) & static_cast<uint32_t>(bits != 0xFF80'0000u);
+}
+
+// What one pass over a logits array found, on the bits (integer flags vectorise; see above).
+struct LogitCheck {
+  bool any_invalid = false;            // a NaN or +inf
+  bool all_negative_infinity = false;  // nothing can be drawn (or the span is empty)
 };
 
-inline LogitScan scan_logits(std::span<const float> logits) {
-  constexpr float infinity = std::numeric_limits<float>::infinity();
+inline LogitCheck check_logits(std::span<const float> logits) {
+  const size_t n = logits.size();
+  const size_t full = n - n % block;
+  const float* data = logits.data();
+  uint32_t invalid = 0;
+  uint32_t not_negative_infinity = 0;
+  const auto check_one = [&](float value) {
+    invalid |= is_invalid_logit(value);
+    not_negative_infinity |= static_cast<uint32_t>(std::bit_cast<uint32_t>(value) != 0xFF80'0000u);
+  };
+  for (size_t start = 0; start < full; start += block) {
+    for (size_t i = 0; i < block; ++i) check_one(data[start + i]);
+  }
+  for (size_t i = full; i < n; ++i) check_one(data[i]);
+  return {.any_invalid = invalid != 0, .all_negative_infinity = not_negative_infinity == 0};
+}
+
+// The largest value, ignoring NaN; -inf for an empty span.
+inline float max_logit(std::span<const float> logits) {
   constexpr size_t lanes = 8;
   float lane_max[lanes];
-  for (float& m : lane_max) m = -infinity;
-  bool nan = false;
-  bool positive_infinity = false;
+  for (float& m : lane_max) m = -std::numeric_limits<float>::infinity();
   const size_t n = logits.size();
+  const size_t full = n - n % block;
   const float* data = logits.data();
-  size_t i = 0;
-  for (; i + lanes <= n; i += lanes) {
+  for (size_t start = 0; start < full; start += lanes) {
     for (size_t j = 0; j < lanes; ++j) {
-      const float value = data[i + j];
+      const float value = data[start + j];
       lane_max[j] = value > lane_max[j] ? value : lane_max[j];
-      nan |= value != value;
-      positive_infinity |= value == infinity;
     }
   }
-  LogitScan scan;
-  for (; i < n; ++i) {
-    const float value = data[i];
-    scan.max = value > scan.max ? value : scan.max;
-    nan |= value != value;
-    positive_infinity |= value == infinity;
+  float max = -std::numeric_limits<float>::infinity();
+  for (float m : lane_max) max = m > max ? m : max;
+  for (size_t i = full; i < n; ++i) max = data[i] > max ? data[i] : max;
+  return max;
+}
+
+// The first position holding `value` (present in `logits`), block by block: a vectorised test
+// per block, a scalar search only in the block that has it.
+inline size_t first_position_of(std::span<const float> logits, float value) {
+  const size_t n = logits.size();
+  const size_t full = n - n % block;
+  const float* data = logits.data();
+  size_t start = 0;
+  for (; start < full; start += block) {
+    int found = 0;
+    for (size_t i = 0; i < block; ++i) found |= data[start + i] == value;
+    if (found) break;
   }
-  for (float m : lane_max) scan.max = m > scan.max ? m : scan.max;
-  scan.has_nan = nan;
-  scan.has_positive_infinity = positive_infinity;
-  return scan;
+  while (start < n && data[start] != value) ++start;
+  return start;
 }
 
 // weights[i] = e^(logits[i] - max) for logits <= max; returns their sum. The sum runs in eight
@@ -100,18 +132,25 @@ inline LogitScan scan_logits(std::span<const float> logits) {
 // lost over 151,680 terms.
 inline double exp_shifted(std::span<const float> logits, float max, std::span<float> weights) {
   const size_t n = logits.size();
+  const size_t full = n - n % block;
   const float* in = logits.data();
   float* out = weights.data();
-  for (size_t i = 0; i < n; ++i) out[i] = exp_nonpositive(in[i] - max);
+  for (size_t start = 0; start < full; start += block) {
+    // Through a local array, which cannot alias: no runtime overlap check, which the -O2
+    // vectoriser would refuse to emit.
+    float local[block];
+    for (size_t i = 0; i < block; ++i) local[i] = exp_nonpositive(in[start + i] - max);
+    for (size_t i = 0; i < block; ++i) out[start + i] = local[i];
+  }
+  for (size_t i = full; i < n; ++i) out[i] = exp_nonpositive(in[i] - max);
   constexpr size_t lanes = 8;
   double lane_sum[lanes] = {};
-  size_t i = 0;
-  for (; i + lanes <= n; i += lanes) {
-    for (size_t j = 0; j < lanes; ++j) lane_sum[j] += double{out[i + j]};
+  for (size_t start = 0; start < full; start += lanes) {
+    for (size_t j = 0; j < lanes; ++j) lane_sum[j] += double{out[start + j]};
   }
   double sum = 0.0;
   for (double s : lane_sum) sum += s;
-  for (; i < n; ++i) sum += double{out[i]};
+  for (size_t i = full; i < n; ++i) sum += double{out[i]};
   return sum;
 }
 

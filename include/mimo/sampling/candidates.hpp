@@ -22,7 +22,7 @@ struct SamplingScratch {
   std::vector<float> weights;          // e^(logit - max), parallel to the candidates
   std::vector<uint64_t> heap;          // top-k selection
   std::vector<uint32_t> positions;     // kept positions, ascending
-  BoundaryScratch boundary;            // top-p selection
+  BoundaryScratch boundary;            // top-p (and large top-k) selection
   std::vector<int32_t> window_tokens;  // penalties: the window, sorted
 };
 struct CandidatesAccess;
@@ -47,11 +47,12 @@ class Candidates {
                    "sampling: " + std::to_string(logits.size()) + " logits is more than INT32_MAX");
     }
     if (Status valid = check_logits(logits); !valid) return valid;
-    vocab_size_ = static_cast<int32_t>(logits.size());
+    const int32_t n = static_cast<int32_t>(logits.size());  // a local: stores to ids cannot alias it
+    vocab_size_ = n;
     logits_.assign(logits.begin(), logits.end());
     ids_.resize(logits.size());
     int32_t* ids = ids_.data();
-    for (int32_t id = 0; id < vocab_size_; ++id) ids[id] = id;
+    for (int32_t id = 0; id < n; ++id) ids[id] = id;
     return ok();
   }
 
@@ -88,22 +89,21 @@ class Candidates {
     logits_.resize(kept);
   }
 
-  // NaN and +infinity are errors for every stage; the message names the first offending entry.
-  // `ids` names the tokens behind the entries (empty: the index is the token id).
+  // NaN and +infinity are errors for every stage, and so is a vector in which every logit is
+  // -infinity; the message names the first offending entry. `ids` names the tokens behind the
+  // entries (empty: the index is the token id).
   static Status check_logits(std::span<const float> logits, std::span<const int32_t> ids = {}) {
-    const detail::LogitScan scan = detail::scan_logits(logits);
-    if (scan.has_nan || scan.has_positive_infinity) {
+    const detail::LogitCheck check = detail::check_logits(logits);
+    if (check.any_invalid) {  // rare: find which
       for (size_t i = 0; i < logits.size(); ++i) {
-        const float value = logits[i];
-        if (value == value && value != std::numeric_limits<float>::infinity()) continue;
+        if (!detail::is_invalid_logit(logits[i])) continue;
         const int64_t token = ids.empty() ? static_cast<int64_t>(i) : int64_t{ids[i]};
-        return Error(Errc::invalid_argument, "sampling: the logit of token " + std::to_string(token) +
-                                                 " is " + (value == value ? "+inf" : "NaN"));
+        return Error(Errc::invalid_argument, "sampling: the logit of token " + std::to_string(token) + " is " +
+                                                 (logits[i] == logits[i] ? "+inf" : "NaN"));
       }
     }
-    if (scan.max == -std::numeric_limits<float>::infinity()) {
-      return Error(Errc::invalid_argument,
-                   "sampling: every logit is -inf, so no token can be sampled");
+    if (check.all_negative_infinity) {
+      return Error(Errc::invalid_argument, "sampling: every logit is -inf, so no token can be sampled");
     }
     return ok();
   }
@@ -132,31 +132,57 @@ struct CandidatesAccess {
     c.logits_.resize(positions.size());
   }
 
-  // Keeps the entries whose logit passes `keep(logit, position)`, a cheap test: blocks of 64 in
-  // which nothing passes (most of them, for a selective threshold) are dropped after one
-  // vectorised pass, without the branchy copy loop.
-  template <class Keep>
-  static void keep_where(Candidates& c, Keep keep) {
+  // Keeps the entries whose logit passes `passes(logit)`, a cheap test: it is evaluated for a
+  // whole block of 64 into a mask (vectorised), blocks where nothing passes (most of them, for a
+  // selective threshold) are dropped at once, and the copy of the others is branch-free, as a
+  // kept entry's place is unpredictable.
+  template <class Passes>
+  static void keep_where(Candidates& c, Passes passes) {
     const size_t n = c.ids_.size();
+    const size_t full = n - n % block_size;
     float* logits = c.logits_.data();
     int32_t* ids = c.ids_.data();
-    constexpr size_t block = 64;
     size_t kept = 0;
-    for (size_t start = 0; start < n; start += block) {
-      const size_t end = std::min(n, start + block);
-      bool any = false;
-      for (size_t i = start; i < end; ++i) any |= keep(logits[i], i);
-      if (!any) continue;
-      for (size_t i = start; i < end; ++i) {
-        if (!keep(logits[i], i)) continue;
-        ids[kept] = ids[i];
-        logits[kept] = logits[i];
-        ++kept;
+    for (size_t start = 0; start < full; start += block_size) {
+      int32_t mask[block_size];
+      int32_t any = 0;
+      for (size_t i = 0; i < block_size; ++i) {
+        mask[i] = passes(logits[start + i]) ? 1 : 0;
+        any |= mask[i];
       }
+      if (!any) continue;
+      for (size_t i = 0; i < block_size; ++i) {
+        ids[kept] = ids[start + i];
+        logits[kept] = logits[start + i];
+        kept += static_cast<size_t>(mask[i]);
+      }
+    }
+    for (size_t i = full; i < n; ++i) {
+      const bool keep = passes(logits[i]);
+      ids[kept] = ids[i];
+      logits[kept] = logits[i];
+      kept += keep ? 1 : 0;
     }
     c.ids_.resize(kept);
     c.logits_.resize(kept);
   }
+
+  // Keeps the entries for which keep(id, logit) holds; for a second, finer cut after keep_where.
+  template <class Keep>
+  static void keep_if(Candidates& c, Keep keep) {
+    size_t kept = 0;
+    for (size_t i = 0; i < c.ids_.size(); ++i) {
+      const bool keep_this = keep(c.ids_[i], c.logits_[i]);
+      c.ids_[kept] = c.ids_[i];
+      c.logits_[kept] = c.logits_[i];
+      kept += keep_this ? 1 : 0;
+    }
+    c.ids_.resize(kept);
+    c.logits_.resize(kept);
+  }
+
+ private:
+  static constexpr size_t block_size = detail::block;
 };
 }  // namespace detail
 

@@ -50,20 +50,28 @@ namespace sampling {
 namespace detail_stages {
 inline Error invalid(const std::string& what) { return Error(Errc::invalid_argument, "sampling: " + what); }
 
-// The scan every thresholding stage starts with: NaN, +inf and all -inf are errors.
+// What every thresholding stage starts with: the largest logit, after checking the logits (NaN,
+// +inf and all -inf are errors).
 inline Expected<float> checked_max(const Candidates& candidates) {
-  const detail::LogitScan scan = detail::scan_logits(candidates.logits());
-  if (scan.has_nan || scan.has_positive_infinity || scan.max == -std::numeric_limits<float>::infinity()) {
-    return Candidates::check_logits(candidates.logits(), candidates.ids()).error();
+  if (Status valid = Candidates::check_logits(candidates.logits(), candidates.ids()); !valid) {
+    return std::move(valid).error();
   }
-  return scan.max;
+  return detail::max_logit(candidates.logits());
 }
 
-// Position of the first largest logit (so the lowest id among equals).
-inline size_t first_position_of(std::span<const float> logits, float value) {
-  size_t i = 0;
-  while (logits[i] != value) ++i;
-  return i;
+// Keeps the candidates up to `boundary` in rank order: a logit above the boundary's, or equal to
+// it with an id no larger (ids ascend with position).
+inline void keep_up_to(Candidates& candidates, const detail::Boundary& boundary) {
+  if (boundary.rank == 0) return;
+  const size_t boundary_position = detail::position_of_rank(boundary.rank);
+  const float boundary_logit = candidates.logits()[boundary_position];
+  const int32_t boundary_id = candidates.ids()[boundary_position];
+  // Floats order -0 and +0 as equal, as order_key does, so these are rank comparisons.
+  detail::CandidatesAccess::keep_where(candidates, [boundary_logit](float logit) { return logit >= boundary_logit; });
+  if (!boundary.ties_after) return;
+  detail::CandidatesAccess::keep_if(candidates, [boundary_logit, boundary_id](int32_t id, float logit) {
+    return !(logit == boundary_logit && id > boundary_id);
+  });
 }
 }  // namespace detail_stages
 
@@ -76,8 +84,8 @@ inline Status apply_logit_bias(Candidates& candidates, std::span<const TokenBias
                                     ", outside the vocabulary of " + std::to_string(candidates.vocab_size()));
     }
     if (std::isnan(entry.bias) || entry.bias == std::numeric_limits<float>::infinity()) {
-      return detail_stages::invalid("logit bias for token " + std::to_string(entry.token) +
-                                    " is " + std::to_string(entry.bias) + "; use a finite value, or -inf to ban");
+      return detail_stages::invalid("logit bias for token " + std::to_string(entry.token) + " is " +
+                                    std::to_string(entry.bias) + "; use a finite value, or -inf to ban");
     }
   }
   std::span<float> logits = candidates.logits();
@@ -129,7 +137,7 @@ inline Status keep_argmax(Candidates& candidates) {
   if (candidates.empty()) return ok();
   const Expected<float> max = detail_stages::checked_max(candidates);
   if (!max) return max.error();
-  const uint32_t position = static_cast<uint32_t>(detail_stages::first_position_of(candidates.logits(), *max));
+  const uint32_t position = static_cast<uint32_t>(detail::first_position_of(candidates.logits(), *max));
   detail::CandidatesAccess::keep_positions(candidates, std::span<const uint32_t>(&position, 1));
   return ok();
 }
@@ -145,13 +153,21 @@ inline Status apply_temperature(Candidates& candidates, float temperature) {
   if (temperature == 0.0f) return keep_argmax(candidates);
   const Expected<float> max = detail_stages::checked_max(candidates);
   if (!max) return max.error();
-  for (float& logit : candidates.logits()) logit = (logit - *max) / temperature;
+  const float largest = *max;
+  const std::span<float> logits = candidates.logits();
+  const size_t full = logits.size() - logits.size() % detail::block;
+  float* data = logits.data();
+  for (size_t start = 0; start < full; start += detail::block) {  // constant trip count: vectorises at -O2
+    for (size_t i = 0; i < detail::block; ++i) data[start + i] = (data[start + i] - largest) / temperature;
+  }
+  for (size_t i = full; i < logits.size(); ++i) data[i] = (data[i] - largest) / temperature;
   return ok();
 }
 
 // Keeps the k candidates with the largest logits (lower id first among equals). k >= 1; a k at
-// least the number of candidates changes nothing. Partial selection: about one vectorised pass
-// over the candidates for small k, a radix select for large k; never a full sort.
+// least the number of candidates changes nothing. Partial selection, never a full sort: for
+// k <= 4096 a heap fed by one vectorised pass that skips hopeless blocks, for larger k the
+// histogram-and-radix select top-p uses, counting entries instead of weighing them.
 inline Status keep_top_k(Candidates& candidates, int32_t k) {
   if (k < 1) return detail_stages::invalid("top_k must be at least 1, got " + std::to_string(k));
   if (static_cast<size_t>(k) >= candidates.size()) return ok();
@@ -165,12 +181,13 @@ inline Status keep_top_k(Candidates& candidates, int32_t k) {
     detail::CandidatesAccess::keep_positions(candidates, scratch.positions);
     return ok();
   }
-  if (Status valid = Candidates::check_logits(candidates.logits(), candidates.ids()); !valid) return valid;
-  const uint64_t boundary =
-      detail::find_prefix_boundary(candidates.logits(), {}, static_cast<double>(k), scratch.boundary);
-  detail::CandidatesAccess::keep_where(candidates, [boundary](float logit, size_t position) {
-    return detail::rank_of(logit, position) >= boundary;
-  });
+  if (detail::check_logits(candidates.logits()).any_invalid) {
+    return Candidates::check_logits(candidates.logits(), candidates.ids());
+  }
+  const float max = detail::max_logit(candidates.logits());
+  const detail::Boundary boundary =
+      detail::find_prefix_boundary(candidates.logits(), {}, max, static_cast<double>(k), scratch.boundary);
+  detail_stages::keep_up_to(candidates, boundary);
   return ok();
 }
 
@@ -187,14 +204,9 @@ inline Status keep_top_p(Candidates& candidates, float p) {
   detail::SamplingScratch& scratch = detail::CandidatesAccess::scratch(candidates);
   scratch.weights.resize(candidates.size());
   const double total = detail::exp_shifted(candidates.logits(), *max, scratch.weights);
-  const uint64_t boundary = detail::find_prefix_boundary(candidates.logits(), scratch.weights,
-                                                         double{p} * total, scratch.boundary);
-  // Everything at least as good as the boundary's logit is a superset of what is kept, so the
-  // block test needs only the logit: a cheap comparison that vectorises.
-  const float boundary_logit = candidates.logits()[detail::position_of_rank(boundary)];
-  detail::CandidatesAccess::keep_where(candidates, [boundary, boundary_logit](float logit, size_t position) {
-    return logit >= boundary_logit && detail::rank_of(logit, position) >= boundary;
-  });
+  const detail::Boundary boundary =
+      detail::find_prefix_boundary(candidates.logits(), scratch.weights, *max, double{p} * total, scratch.boundary);
+  detail_stages::keep_up_to(candidates, boundary);
   return ok();
 }
 
@@ -207,9 +219,8 @@ inline Status keep_min_p(Candidates& candidates, float p) {
   if (!max) return max.error();
   const float threshold = std::log(p);
   const float largest = *max;
-  detail::CandidatesAccess::keep_where(candidates, [threshold, largest](float logit, size_t) {
-    return logit - largest >= threshold;
-  });
+  detail::CandidatesAccess::keep_where(candidates,
+                                       [threshold, largest](float logit) { return logit - largest >= threshold; });
   return ok();
 }
 
