@@ -3,12 +3,13 @@
 // of the speculative rejection rule.
 #include <doctest/doctest.h>
 
+#include <mimo/sampler.hpp>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <mimo/sampler.hpp>
 #include <numeric>
 #include <span>
 #include <string>
