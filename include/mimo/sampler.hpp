@@ -1,8 +1,9 @@
 // Sampling: turning a logits vector into the next token.
 //
 // mimo::Sampler is a configurable chain of stages over the logits, with a seeded random generator
-// (xoshiro256**, identical draws for a seed on every platform) and the penalty window of recently
-// emitted tokens. The stages are also usable one by one (mimo/sampling/stages.hpp), so a custom
+// and the penalty window of recently emitted tokens. The generator (xoshiro256**) gives the same
+// numbers for a seed on every platform, and the exp the stages use avoids the C library, so the
+// tokens drawn match across platforms too (unless a compiler fuses multiply-adds differently). The stages are also usable one by one (mimo/sampling/stages.hpp), so a custom
 // loop can put its own rules between them. The chain, in order:
 //
 //   1. penalties    repetition / presence / frequency, over the last `penalty_window` accepted tokens
@@ -62,6 +63,12 @@
 //         s.accept(verdict->token);
 //         if (!verdict->accepted) break;                     // later drafts are discarded
 //     If every draft stands, the bonus token is s.sample(main_logits[depth]).
+//   The rejection rule is lossless in distribution, not token for token: it consumes one draw
+//   per accepted draft and two per replacement, so a seed gives different (equally distributed)
+//   text with and without drafting. The other rule issue 5 allows keeps the seed's text exactly,
+//   as every emitted token then consumes one draw in both modes: per position i,
+//   t = s.sample(main_logits[i]); s.accept(t); stop once t != draft[i]. With a greedy drafter the
+//   two rules accept equally often.
 //
 // A Sampler is used by one thread at a time. It owns working buffers (reused between calls), so
 // copying one is explicit: copy().
@@ -124,9 +131,7 @@ class Sampler {
     if (!(options.min_p >= 0.0f && options.min_p <= 1.0f)) {
       return invalid("min_p must be in [0, 1], got " + std::to_string(options.min_p));
     }
-    if (Status valid = sampling::check_penalties(penalties_of(options)); !valid) {
-      return std::move(valid).error().with_context("sampler");
-    }
+    if (Status valid = sampling::check_penalties(penalties_of(options)); !valid) return std::move(valid).error();
     if (options.penalty_window < 0 || options.penalty_window > max_penalty_window) {
       return invalid("penalty_window must be in [0, " + std::to_string(max_penalty_window) + "], got " +
                      std::to_string(options.penalty_window));
