@@ -3,6 +3,7 @@
 // by name and checked against the dtype and shape the caller expects.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -37,7 +38,16 @@ struct TensorView {
 class Checkpoint {
  public:
   // Opens a checkpoint directory. Nothing is read beyond the headers and config.json.
-  static Expected<Checkpoint> open(const std::filesystem::path& dir, const io::SafetensorsLimits& limits = {});
+  // `huge_pages`: see detail::MappedFile::open.
+  static Expected<Checkpoint> open(const std::filesystem::path& dir, const io::SafetensorsLimits& limits = {},
+                                   bool huge_pages = false);
+
+  // Reads every page of tensor data once, calling progress(bytes done, bytes total) every 64 MiB
+  // (return false to cancel). With `huge_pages`, a file whose cached pages turn out to be small
+  // is evicted and read again into huge pages, once per file, while this helps. Must run before
+  // any TensorView is taken: files may be mapped anew.
+  template <class Progress>
+  Status preload(bool huge_pages, Progress&& progress);
 
   const ModelConfig& config() const { return config_; }
   const std::filesystem::path& directory() const { return dir_; }
@@ -84,8 +94,10 @@ class Checkpoint {
   std::vector<std::unique_ptr<io::SafetensorsFile>> files_;  // stable addresses for TensorView
   std::map<std::string, Location, std::less<>> index_;
 
+  bool huge_pages_ = false;
+
   Status add_file(const std::filesystem::path& path, const io::SafetensorsLimits& limits) {
-    auto f = io::SafetensorsFile::open(path, limits);
+    auto f = io::SafetensorsFile::open(path, limits, huge_pages_);
     if (!f) return std::move(f).error();
     files_.push_back(std::make_unique<io::SafetensorsFile>(std::move(*f)));
     const size_t file_index = files_.size() - 1;
@@ -100,9 +112,11 @@ class Checkpoint {
   }
 };
 
-inline Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir, const io::SafetensorsLimits& limits) {
+inline Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir, const io::SafetensorsLimits& limits,
+                                             bool huge_pages) {
   Checkpoint ck;
   ck.dir_ = dir;
+  ck.huge_pages_ = huge_pages;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
     return Error(Errc::io, dir.string() + ": not a directory (expected a checkpoint with config.json)");
@@ -158,6 +172,43 @@ inline Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir, c
     return Error(Errc::io, dir.string() + ": neither model.safetensors nor model.safetensors.index.json found");
   }
   return ck;
+}
+
+template <class Progress>
+Status Checkpoint::preload(bool huge_pages, Progress&& progress) {
+  const uint64_t total = tensor_bytes();
+  uint64_t done = 0, next_report = 0;
+  auto touch = [&](const io::SafetensorsFile& file, bool report) -> Status {
+    const auto& header = file.header();
+    file.mapping().advise_willneed(header.data_offset, header.data_size);
+    const auto* p = reinterpret_cast<const volatile unsigned char*>(file.mapping().data());
+    unsigned sink = 0;
+    uint64_t counted = 0;
+    for (uint64_t off = header.data_offset; off < file.file_size(); off += 4096) {
+      sink += p[off];
+      if (!report) continue;
+      counted = std::min(off - header.data_offset, header.data_size);
+      if (done + counted >= next_report) {
+        if (!progress(done + counted, total)) return Error(Errc::cancelled, "model load cancelled");
+        next_report += 64ull << 20;
+      }
+    }
+    (void)sink;
+    if (report) done += header.data_size;
+    return ok();
+  };
+  bool remap_helps = huge_pages;
+  for (auto& file : files_) {
+    if (auto s = touch(*file, true); !s) return s;
+    if (remap_helps && file->file_size() >= (64ull << 20) &&
+        file->mapping().huge_mapped_bytes() < file->file_size() / 2) {
+      if (auto s = file->remap_huge(); !s) return s;
+      if (auto s = touch(*file, false); !s) return s;
+      // Where the kernel cannot map this file with huge pages, do not pay the re-read again.
+      remap_helps = file->mapping().huge_mapped_bytes() >= file->file_size() / 2;
+    }
+  }
+  return ok();
 }
 
 }  // namespace mimo

@@ -209,8 +209,9 @@ inline Expected<SafetensorsHeader> parse_safetensors_header(const std::byte* fil
 // A memory-mapped safetensors file with its validated header.
 class SafetensorsFile {
  public:
-  static Expected<SafetensorsFile> open(const std::filesystem::path& path, const SafetensorsLimits& limits = {}) {
-    auto mapped = mimo::detail::MappedFile::open(path);
+  static Expected<SafetensorsFile> open(const std::filesystem::path& path, const SafetensorsLimits& limits = {},
+                                        bool huge_pages = false) {
+    auto mapped = mimo::detail::MappedFile::open(path, huge_pages);
     if (!mapped) return std::move(mapped).error();
     auto header = parse_safetensors_header(mapped->data(), mapped->size(), mapped->size(), mapped->path(), limits);
     if (!header) return std::move(header).error();
@@ -226,6 +227,20 @@ class SafetensorsFile {
   const std::byte* data(const TensorInfo& t) const { return file_.data() + header_.data_offset + t.begin; }
   uint64_t file_size() const { return file_.size(); }
   const mimo::detail::MappedFile& mapping() const { return file_; }
+
+  // Maps the file again after evicting its cached pages, so that they are read back into huge
+  // pages. Pointers into the old mapping become invalid. The file must not have changed size.
+  Status remap_huge() {
+    const std::string path = file_.path();
+    const uint64_t size = file_.size();
+    file_ = mimo::detail::MappedFile();
+    mimo::detail::MappedFile::drop_cached_pages(path);
+    auto mapped = mimo::detail::MappedFile::open(path, true);
+    if (!mapped) return std::move(mapped).error();
+    if (mapped->size() != size) return Error(Errc::io, path + ": file changed size while loading");
+    file_ = std::move(*mapped);
+    return ok();
+  }
 
  private:
   mimo::detail::MappedFile file_;

@@ -16,6 +16,7 @@
 #include "mimo/backend/cpu/matvec.hpp"
 #include "mimo/backend/cpu/ops.hpp"
 #include "mimo/backend/cpu/thread_pool.hpp"
+#include "mimo/detail/byte_stream.hpp"
 #include "mimo/io/checkpoint.hpp"
 
 namespace mimo {
@@ -96,6 +97,46 @@ struct Cpu {
     return kv.allocate(layers, s.num_kv_heads, s.head_dim, capacity);
   }
   static Status copy_kv_cache(KvCache& dst, const KvCache& src, int64_t length) { return dst.copy_from(src, length); }
+
+  // --- saved state: KV entries [0, length) of every layer and head, keys then values ---
+
+  static uint32_t kv_format(const KvCache&) { return 1; }  // fp32
+  static uint64_t kv_bytes_layers(const KvCache& kv, int64_t layers, int64_t length) {
+    return 2ull * static_cast<uint64_t>(layers) * kv.kv_heads * length * kv.head_dim * sizeof(float);
+  }
+  static uint64_t kv_bytes(const KvCache& kv, int64_t length) { return kv_bytes_layers(kv, kv.layers, length); }
+  static Status kv_save(const KvCache& kv, int64_t length, mimo::detail::ByteWriter& w) {
+    const size_t bytes = static_cast<size_t>(length * kv.head_dim) * sizeof(float);
+    for (int64_t l = 0; l < kv.layers; ++l) {
+      for (int64_t h = 0; h < kv.kv_heads; ++h) {
+        if (auto s = w.write(kv.key(l, h, 0), bytes); !s) return s;
+        if (auto s = w.write(kv.value(l, h, 0), bytes); !s) return s;
+      }
+    }
+    return ok();
+  }
+  static Status kv_load(KvCache& kv, int64_t length, mimo::detail::ByteReader& r) {
+    const size_t bytes = static_cast<size_t>(length * kv.head_dim) * sizeof(float);
+    for (int64_t l = 0; l < kv.layers; ++l) {
+      for (int64_t h = 0; h < kv.kv_heads; ++h) {
+        if (auto s = r.read(kv.key(l, h, 0), bytes, "keys"); !s) return s;
+        if (auto s = r.read(kv.value(l, h, 0), bytes, "values"); !s) return s;
+      }
+    }
+    return ok();
+  }
+  static Status rows_save(const Rows& rows, mimo::detail::ByteWriter& w) {
+    for (int64_t i = 0; i < rows.count; ++i) {
+      if (auto s = w.write(rows.row(i), static_cast<size_t>(rows.width) * sizeof(float)); !s) return s;
+    }
+    return ok();
+  }
+  static Status rows_load(const Rows& rows, mimo::detail::ByteReader& r) {
+    for (int64_t i = 0; i < rows.count; ++i) {
+      if (auto s = r.read(rows.row(i), static_cast<size_t>(rows.width) * sizeof(float), "rows"); !s) return s;
+    }
+    return ok();
+  }
 
   // Rows of `width` floats; contents undefined.
   static Expected<Rows> rows(Buffer& b, int64_t count, int64_t width, const char* what) {

@@ -1,0 +1,176 @@
+// Session operations: copy, truncate, save and restore give exactly the logits of a fresh session
+// fed the same tokens in the same calls; a corrupted, truncated or foreign state is refused and
+// leaves the session usable.
+#include <doctest/doctest.h>
+
+#include <numeric>
+#include <vector>
+
+#include <mimo/mimo.hpp>
+
+#include "support.hpp"
+
+namespace {
+
+struct Setup {
+  test::TempDir dir;
+  mimo::ModelConfig config = test::small_config(400, 64, 2, 4, 2, 16, 96, 1);
+  mimo::Model<mimo::Cpu> model = load();
+  std::vector<int32_t> prefix = test::random_tokens(12, 400, 1);
+  std::vector<int32_t> rest = test::random_tokens(7, 400, 2);
+
+  mimo::Model<mimo::Cpu> load() {
+    test::synthesize(dir.path(), config, 3);
+    auto m = mimo::Model<mimo::Cpu>::load(dir.path());
+    REQUIRE(m.has_value());
+    return *m;
+  }
+  mimo::Session<mimo::Cpu> session(int64_t context = 64) {
+    auto s = model.new_session({.context = context, .backend = {.threads = 2}});
+    REQUIRE(s.has_value());
+    return std::move(*s);
+  }
+  // Logits of every row of `rest` appended to a session that holds `prefix`.
+  static std::vector<float> continue_with(mimo::Session<mimo::Cpu>& s, const std::vector<int32_t>& rest) {
+    auto l = s.append(rest, {.logits = mimo::OutputRows::all});
+    REQUIRE(l.has_value());
+    return std::vector<float>(l->data, l->data + l->rows * l->vocab);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("session: save and restore continue exactly like the original") {
+  Setup t;
+  auto a = t.session();
+  REQUIRE(a.append(t.prefix, {.hidden = mimo::OutputRows::all}).has_value());
+  const std::vector<float> last(a.logits().last().begin(), a.logits().last().end());
+  std::vector<std::byte> state;
+  REQUIRE(a.save(state).has_value());
+
+  auto b = t.session();
+  auto r = b.restore(state);
+  REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+  CHECK(b.size() == a.size());
+  CHECK(std::equal(b.tokens().begin(), b.tokens().end(), t.prefix.begin()));
+  // The last logits come back, so sampling can continue at once.
+  REQUIRE(b.logits().rows == 1);
+  CHECK(std::equal(last.begin(), last.end(), b.logits().last().begin()));
+  REQUIRE(b.hidden().count == 1);
+  CHECK(Setup::continue_with(b, t.rest) == Setup::continue_with(a, t.rest));
+
+  // Through a file, into a session of a different (sufficient) context.
+  test::TempDir files;
+  auto c = t.session();
+  REQUIRE(c.append(t.prefix).has_value());
+  REQUIRE(c.save_file(files / "state.bin").has_value());
+  auto d = t.session(20);
+  REQUIRE(d.restore_file(files / "state.bin").has_value());
+  CHECK(Setup::continue_with(d, t.rest) == Setup::continue_with(c, t.rest));
+}
+
+TEST_CASE("session: copy and truncate equal a fresh session fed the same tokens in the same calls") {
+  Setup t;
+  auto fresh = t.session();
+  REQUIRE(fresh.append(t.prefix).has_value());
+  const auto expected = Setup::continue_with(fresh, t.rest);
+
+  auto a = t.session();
+  REQUIRE(a.append(t.prefix).has_value());
+  auto b = a.copy();
+  REQUIRE(b.has_value());
+  CHECK(Setup::continue_with(*b, t.rest) == expected);
+  // The original is unaffected by its copy.
+  CHECK(Setup::continue_with(a, t.rest) == expected);
+
+  // Feed junk, roll it back, and continue: same logits.
+  auto c = t.session();
+  REQUIRE(c.append(t.prefix).has_value());
+  REQUIRE(c.append(test::random_tokens(9, 400, 77)).has_value());
+  REQUIRE(c.truncate(static_cast<int64_t>(t.prefix.size())).has_value());
+  CHECK(Setup::continue_with(c, t.rest) == expected);
+}
+
+TEST_CASE("session: MTP caches survive save/restore and copy") {
+  Setup t;
+  auto a = t.session();
+  REQUIRE(a.append(t.prefix, {.hidden = mimo::OutputRows::all}).has_value());
+  std::vector<int32_t> rows(t.prefix.size() - 1);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::vector<int64_t> pos(rows.begin(), rows.end());
+  std::vector<int32_t> next(t.prefix.begin() + 1, t.prefix.end());
+  REQUIRE(a.mtp_forward({.step = 0, .source_rows = rows, .tokens = next, .positions = pos}).has_value());
+  std::vector<std::byte> state;
+  REQUIRE(a.save(state).has_value());
+  auto b = t.session();
+  REQUIRE(b.restore(state).has_value());
+  CHECK(b.mtp_size(0) == a.mtp_size(0));
+  auto c = a.copy();
+  REQUIRE(c.has_value());
+  // One more MTP row at the next position gives the same logits in all three.
+  REQUIRE(a.append({t.rest[0]}).has_value());
+  REQUIRE(b.append({t.rest[0]}).has_value());
+  REQUIRE(c->append({t.rest[0]}).has_value());
+  const int32_t row0[] = {0};
+  const int32_t tok[] = {t.rest[1]};
+  const int64_t p[] = {static_cast<int64_t>(t.prefix.size())};
+  std::vector<std::vector<float>> out;
+  for (auto* s : {&a, &b, &*c}) {
+    auto l = s->mtp_forward({.step = 0, .source_rows = row0, .tokens = tok, .positions = p});
+    REQUIRE(l.has_value());
+    out.emplace_back(l->last().begin(), l->last().end());
+  }
+  CHECK(out[0] == out[1]);
+  CHECK(out[0] == out[2]);
+}
+
+TEST_CASE("session: corrupted, truncated or foreign states are refused and the session stays usable") {
+  Setup t;
+  auto a = t.session();
+  REQUIRE(a.append(t.prefix).has_value());
+  std::vector<std::byte> state;
+  REQUIRE(a.save(state).has_value());
+
+  auto target = t.session();
+  REQUIRE(target.append({5, 6, 7}).has_value());
+  const std::vector<float> before(target.logits().last().begin(), target.logits().last().end());
+  auto unchanged = [&] {
+    CHECK(target.size() == 3);
+    CHECK(std::equal(before.begin(), before.end(), target.logits().last().begin()));
+  };
+
+  for (size_t at : {size_t{0}, size_t{9}, size_t{30}, state.size() / 2, state.size() - 1}) {
+    auto bad = state;
+    bad[at] = static_cast<std::byte>(static_cast<unsigned char>(bad[at]) ^ 0x40);
+    auto r = target.restore(bad);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == mimo::Errc::corrupt_state);
+    unchanged();
+  }
+  for (size_t keep : {size_t{0}, size_t{5}, size_t{40}, state.size() - 9, state.size() - 1}) {
+    auto r = target.restore(std::span<const std::byte>(state).first(keep));
+    REQUIRE_FALSE(r.has_value());
+    unchanged();
+  }
+  // A state of another model (same shape, other weights).
+  {
+    test::TempDir other;
+    test::synthesize(other.path(), t.config, 99);
+    auto m = mimo::Model<mimo::Cpu>::load(other.path());
+    REQUIRE(m.has_value());
+    auto s = m->new_session({.context = 64});
+    REQUIRE(s.has_value());
+    auto r = s->restore(state);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message().find("different model") != std::string::npos);
+  }
+  // Too long for the target's context.
+  auto small = t.session(8);
+  auto r = small.restore(state);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().code() == mimo::Errc::context_full);
+  CHECK_FALSE(small.restore_file(t.dir / "missing.bin").has_value());
+  // And the target still works.
+  REQUIRE(target.append({8}).has_value());
+  CHECK(target.size() == 4);
+}
