@@ -1,7 +1,45 @@
-// The seam between the model and the hardware. The model logic (mimo/transformer.hpp) is written
-// once against this surface; each backend (backend/cpu/, backend/cuda/) provides it as a struct of
-// types and static functions. Ops know nothing about MiMo: they are norms, products, RoPE and
-// attention over rows of fp32 activations that live in the backend's memory.
+// The seam between the model and the hardware. The model logic (mimo/transformer.hpp) and the
+// session (mimo/session.hpp) are written once against this surface; each backend (backend/cpu/,
+// backend/cuda/) provides it as a struct of types and static functions. Ops know nothing about
+// MiMo: they are norms, products, RoPE and attention over rows of fp32 activations that live in
+// the backend's memory.
+//
+// The surface (backend/cpu/cpu.hpp is the reference implementation):
+//
+//   types
+//     ContextOptions        options of a session's execution context (threads; device, stream)
+//     Context               per-session execution state: thread pool or stream, handles, scratch
+//     Linear                a weight matrix [out, in] ready for products (a view into the mapped
+//                           file on the CPU; device memory on a GPU)
+//     Vector                a small fp32 vector (norm weight, bias); may be empty (no bias)
+//     KvCache               keys (after RoPE) and values of `layers` decoder layers, `capacity`
+//                           entries each
+//     Buffer                owned activation storage in backend memory
+//     LinearOp              {const Linear* weight; const Vector* bias; Rows out; bool accumulate}
+//   preparing a model (once)
+//     make_linear(TensorView) -> Expected<Linear>, make_vector(TensorView) -> Expected<Vector>
+//   per session
+//     make_context(ContextOptions, AttentionShape, capacity, max_cols) -> Expected<Context>
+//     shared_context_options(const Context&) -> ContextOptions   (a copy shares threads/stream)
+//     make_kv_cache(KvCache&, layers, AttentionShape, capacity) -> Status
+//     copy_kv_cache(KvCache& dst, const KvCache& src, length) -> Status
+//     rows(Buffer&, count, width, what) -> Expected<Rows>        (grows the buffer when needed)
+//   ops (enqueued in order on the context; a GPU backend reports asynchronous failures at to_host)
+//     embed(ctx, table, tokens (host), out)           out[i] = table[tokens[i]]
+//     rms_norm(ctx, x, weight, eps, out)              out = weight * x / sqrt(mean(x^2) + eps); out may alias x
+//     linear(ctx, x, span<LinearOp>)                  op.out (+)= x W^T + bias, one dispatch for all ops
+//     rope(ctx, x, heads, shape, positions (host))    rotate-half RoPE of every head of row i at positions[i]
+//     silu_mul(ctx, gate, up)                         gate = silu(gate) * up
+//     attention(ctx, kv, layer, length, q, k, v, shape, out)
+//                                                     store k, v at entries [length, length+n) of layer, then
+//                                                     causal attention: query row i sees entries [0, length+i]
+//     gather_rows(ctx, src, rows (host), dst)         dst[i] = src[rows[i]]
+//     copy_rows(ctx, src, dst)
+//     to_host(ctx, src, float* dst) -> Status         copies rows to host memory; a synchronisation point
+//   saved state (session save/restore)
+//     kv_format(kv) -> u32, kv_bytes(kv, length), kv_bytes_layers(kv, layers, length)
+//     kv_save(kv, length, ByteWriter&), kv_load(kv, length, ByteReader&) -> Status
+//     rows_save(rows, ByteWriter&), rows_load(rows, ByteReader&) -> Status
 #pragma once
 
 #include <concepts>
@@ -39,15 +77,16 @@ struct AttentionShape {
   double rope_theta = 0.0;
 };
 
-// What every backend provides. See backend/cpu/cpu.hpp for the reference implementation and the
-// meaning of each operation.
+// The types every backend provides (the functions are checked where they are used).
 template <class B>
 concept Backend = requires {
-  typename B::Linear;       // a weight matrix [out, in], ready for products
-  typename B::Vector;       // a small fp32 vector: a norm weight or a bias (may be empty)
-  typename B::Context;      // per-session execution state: threads or stream, scratch
-  typename B::KvCache;      // keys and values of every layer of one decoder stack
-  typename B::Buffer;       // owned activation storage
+  typename B::ContextOptions;
+  typename B::Context;
+  typename B::Linear;
+  typename B::Vector;
+  typename B::KvCache;
+  typename B::Buffer;
+  typename B::LinearOp;
   { B::name() } -> std::convertible_to<const char*>;
 };
 
