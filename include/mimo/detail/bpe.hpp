@@ -67,6 +67,15 @@ inline uint64_t hash_bytes(std::string_view s) {
   return mix64(h);
 }
 
+// A hint to fetch memory that will be read soon.
+inline void prefetch_read(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p);
+#else
+  (void)p;
+#endif
+}
+
 inline size_t table_capacity_for(size_t count) {
   // A power of two for masking, with a load factor of at most 3/4 (the tables are built once, so
   // smaller tables that stay in cache matter more than short probe sequences).
@@ -74,54 +83,55 @@ inline size_t table_capacity_for(size_t count) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Token texts by id, back to back in one arena in id order, and the reverse lookup.
-//
-// Built in three steps so that everything is allocated once: reset() with the id range, then
-// set_length() for every token, then add() for every token.
+// Token texts by id in one arena, and the reverse lookup.
 
 class Vocabulary {
  public:
-  void reset(size_t id_limit, size_t count) {
-    offsets_.assign(id_limit + 1, 0);
-    present_.assign(id_limit, 0);
+  // Empties the vocabulary and sizes the lookup table for about `count` tokens.
+  void reset(size_t count) {
+    text_.clear();
+    text_.reserve(count * 8);         // Qwen2 averages under 7 bytes a token
+    ranges_.assign(count, Range{0, absent});  // ids are usually 0 .. count - 1
     slots_.assign(table_capacity_for(count), 0);
     mask_ = slots_.size() - 1;
     size_ = 0;
-    text_.clear();
   }
 
-  // Step 2. Returns false when the id already has a token.
-  bool set_length(int32_t id, size_t length) {
-    if (present_[id]) return false;
-    present_[id] = 1;
-    offsets_[id + 1] = static_cast<uint32_t>(length);
-    return true;
-  }
+  enum class AddResult { added, id_taken, text_taken };
 
-  // Step 3. Returns the id that already has this text, or -1 when the token was added.
-  int32_t add(std::string_view token, int32_t id) {
-    if (text_.empty() && !offsets_.empty()) {  // first call: lengths -> offsets, size the arena
-      for (size_t i = 1; i < offsets_.size(); ++i) offsets_[i] += offsets_[i - 1];
-      text_.resize(offsets_.back());
+  // Adds a token (id >= 0). Ids may come in any order; the id table grows to the largest.
+  AddResult add(std::string_view token, int32_t id) { return add(token, id, hash_bytes(token)); }
+  AddResult add(std::string_view token, int32_t id, uint64_t h) {
+    if (static_cast<size_t>(id) >= ranges_.size()) {
+      ranges_.resize(std::max<size_t>(static_cast<size_t>(id) + 1, ranges_.size() + ranges_.size() / 2),
+                     Range{0, absent});
     }
+    if (ranges_[id].length != absent) return AddResult::id_taken;
     if ((size_ + 1) * 4 > slots_.size() * 3) grow();
-    const uint64_t h = hash_bytes(token);
     size_t slot = h & mask_;
     while (slots_[slot] != 0) {
       if (tag_of(slots_[slot]) == static_cast<uint32_t>(h >> 32) && text(id_of(slots_[slot])) == token)
-        return id_of(slots_[slot]);
+        return AddResult::text_taken;
       slot = (slot + 1) & mask_;
     }
-    std::memcpy(text_.data() + offsets_[id], token.data(), token.size());
+    ranges_[id] = Range{static_cast<uint32_t>(text_.size()), static_cast<uint32_t>(token.size())};
+    text_.append(token);
     slots_[slot] = pack(static_cast<uint32_t>(h >> 32), id);
     ++size_;
-    return -1;
+    return AddResult::added;
+  }
+
+  // Trims the id table to the largest id after the last add().
+  void finish() {
+    while (!ranges_.empty() && ranges_.back().length == absent) ranges_.pop_back();
+    ranges_.shrink_to_fit();
   }
 
   // The id of a token text, or -1.
-  int32_t find(std::string_view token) const {
+  int32_t find(std::string_view token) const { return find(token, hash_bytes(token)); }
+  // With its hash_bytes() already computed.
+  int32_t find(std::string_view token, uint64_t h) const {
     if (slots_.empty()) return -1;
-    const uint64_t h = hash_bytes(token);
     size_t slot = h & mask_;
     while (slots_[slot] != 0) {
       if (tag_of(slots_[slot]) == static_cast<uint32_t>(h >> 32) && text(id_of(slots_[slot])) == token)
@@ -131,16 +141,29 @@ class Vocabulary {
     return -1;
   }
 
-  bool contains_id(int32_t id) const { return id >= 0 && static_cast<size_t>(id) < present_.size() && present_[id]; }
+  // Loading looks up many tokens; fetching their slots ahead overlaps the cache misses.
+  void prefetch(uint64_t h) const {
+    if (!slots_.empty()) prefetch_read(&slots_[h & mask_]);
+  }
+
+  bool contains_id(int32_t id) const {
+    return id >= 0 && static_cast<size_t>(id) < ranges_.size() && ranges_[id].length != absent;
+  }
   // Text of a token id; contains_id(id) must hold.
-  std::string_view text(int32_t id) const { return {text_.data() + offsets_[id], offsets_[id + 1] - offsets_[id]}; }
+  std::string_view text(int32_t id) const { return {text_.data() + ranges_[id].offset, ranges_[id].length}; }
   size_t size() const { return size_; }
+  size_t id_limit() const { return ranges_.size(); }  // one past the largest id
+  size_t text_bytes() const { return text_.size(); }
   size_t memory_bytes() const {
-    return text_.capacity() + offsets_.capacity() * sizeof(uint32_t) + present_.capacity() +
-           slots_.capacity() * sizeof(uint64_t);
+    return text_.capacity() + ranges_.capacity() * sizeof(Range) + slots_.capacity() * sizeof(uint64_t);
   }
 
  private:
+  static constexpr uint32_t absent = UINT32_MAX;
+  struct Range {
+    uint32_t offset;
+    uint32_t length;
+  };
   // Slot: hash tag in the high half, id + 1 in the low half, 0 when empty.
   static uint64_t pack(uint32_t tag, int32_t id) {
     return (static_cast<uint64_t>(tag) << 32) | (static_cast<uint32_t>(id) + 1u);
@@ -149,7 +172,7 @@ class Vocabulary {
   static int32_t id_of(uint64_t slot) { return static_cast<int32_t>(static_cast<uint32_t>(slot) - 1u); }
 
   void grow() {
-    std::vector<uint64_t> old(slots_.size() * 2, 0);
+    std::vector<uint64_t> old(std::max<size_t>(16, slots_.size() * 2), 0);
     old.swap(slots_);
     mask_ = slots_.size() - 1;
     for (uint64_t s : old) {
@@ -161,8 +184,7 @@ class Vocabulary {
   }
 
   std::string text_;
-  std::vector<uint32_t> offsets_;  // by id, size id_limit + 1
-  std::vector<uint8_t> present_;   // by id
+  std::vector<Range> ranges_;  // by id
   std::vector<uint64_t> slots_;
   size_t mask_ = 0;
   size_t size_ = 0;
@@ -219,6 +241,8 @@ class MergeTable {
     if (slots_[slot].key == empty_key) ++size_;
     slots_[slot] = Slot{k, merge};
   }
+
+  void prefetch(int32_t left, int32_t right) const { prefetch_read(&slots_[mix64(key(left, right)) & mask_]); }
 
   const Merge* find(int32_t left, int32_t right) const {
     const uint64_t k = key(left, right);
@@ -301,10 +325,8 @@ inline void merge_short(const MergeTable& merges, std::vector<int32_t>& ids, siz
       if (pairs[i].rank < pairs[best].rank) best = i;
     if (pairs[best].rank == no_merge.rank) break;
     w[best] = pairs[best].merged;
-    for (size_t i = best + 1; i + 1 < n; ++i) {
-      w[i] = w[i + 1];
-      pairs[i] = pairs[i + 1];
-    }
+    for (size_t i = best + 1; i + 1 < n; ++i) w[i] = w[i + 1];
+    for (size_t i = best + 1; i + 2 < n; ++i) pairs[i] = pairs[i + 1];  // n - 1 pairs
     --n;
     if (best > 0) pairs[best - 1] = merge_of(merges, w[best - 1], w[best]);
     if (best + 1 < n) pairs[best] = merge_of(merges, w[best], w[best + 1]);
