@@ -44,8 +44,10 @@ struct Logits {
 // the output of step k-1 at t with token x_{t+1+k}, through layer min(k, num_nextn_predict_layers-1).
 struct MtpBatch {
   int step = 0;
-  std::span<const int32_t> source_rows{};  // per row: a kept hidden row of the last append (step 0) or
-                                         // an output row of step-1's last batch (step > 0)
+  Rows source{};                           // the incoming hidden states (backend memory); when empty:
+                                           // the kept hidden rows of the last append (step 0), or
+                                           // the outputs of step-1's last batch (step > 0)
+  std::span<const int32_t> source_rows{};  // per row: the row of `source` it combines
   std::span<const int32_t> tokens{};     // per row: the token whose embedding is combined
   std::span<const int64_t> positions{};  // per row: RoPE position t
   OutputRows logits = OutputRows::all;
@@ -73,26 +75,45 @@ class Session {
   }
 
   // Forgets every token from position `length` on (speculative decoding rolls back rejected drafts).
+  // MTP entries are kept consistent with the tokens: step k's entry at position p combined token
+  // x_{p+1+k}; an entry may run one token ahead of the session (the drafter's row for the pending
+  // token) and is checked against that token when it is appended. Truncation drops entries that
+  // would run further ahead.
   Status truncate(int64_t length) {
     if (length < 0 || length > size()) {
       return Error(Errc::invalid_argument, "truncate: length " + std::to_string(length) + " is not in [0, " +
                                                std::to_string(size()) + "]");
     }
     tokens_.resize(static_cast<size_t>(length));
+    for (size_t k = 0; k < mtp_.size(); ++k) drop_mtp_entries(k, [&](int64_t index, int32_t) { return index > length; });
     return ok();
   }
 
-  // The logits of the last forward pass (a mutable view).
+  // Rows per forward chunk (and the most rows one MTP batch may have).
+  int64_t batch() const { return batch_; }
+
+  // The logits of the main model's last forward pass (a mutable view).
   Logits logits() { return Logits{logits_host_.data(), logits_rows_, model_.config().vocab_size}; }
+  // The logits of the last MTP batch (kept apart, so drafting never replaces the main logits).
+  Logits mtp_logits() { return Logits{mtp_logits_buf_.data(), mtp_logits_rows_, model_.config().vocab_size}; }
 
-  // Post-norm hidden states kept from the last append (rows selected by AppendOptions::hidden).
+  // Post-norm hidden states kept from the last append (rows selected by AppendOptions::hidden),
+  // and the position of its first row: row i belongs to position hidden_position() + i. Rows at
+  // positions >= size() (after a truncate) are stale.
   Rows hidden() const { return hidden_; }
+  int64_t hidden_position() const { return hidden_position_; }
 
-  // Runs one MTP step; see MtpBatch. New rows are appended to that step's own KV cache.
+  // Runs one MTP step; see MtpBatch. New rows are appended to that step's own KV cache. Returns
+  // the logits of the selected rows (also mtp_logits()).
   Expected<Logits> mtp_forward(const MtpBatch& batch, const std::atomic<bool>* cancel = nullptr);
   // Entries in step's MTP cache, and rolling them back.
   int64_t mtp_size(int step) const {
-    return step >= 0 && step < static_cast<int>(mtp_.size()) ? mtp_[step].length : 0;
+    return step >= 0 && step < static_cast<int>(mtp_.size()) ? static_cast<int64_t>(mtp_[step].positions.size()) : 0;
+  }
+  // The positions of step's entries, increasing.
+  std::span<const int64_t> mtp_positions(int step) const {
+    return step >= 0 && step < static_cast<int>(mtp_.size()) ? std::span<const int64_t>(mtp_[step].positions)
+                                                               : std::span<const int64_t>();
   }
   Status mtp_truncate(int step, int64_t entries) {
     if (step < 0 || entries < 0 || entries > mtp_size(step)) {
@@ -100,7 +121,10 @@ class Session {
                                                std::to_string(mtp_size(step)) + " entries, asked for " +
                                                std::to_string(entries));
     }
-    if (step < static_cast<int>(mtp_.size())) mtp_[step].length = entries;
+    if (step < static_cast<int>(mtp_.size())) {
+      mtp_[step].positions.resize(static_cast<size_t>(entries));
+      mtp_[step].combined.resize(static_cast<size_t>(entries));
+    }
     return ok();
   }
   // Outputs (post final_layernorm) of step's last batch.
@@ -126,7 +150,8 @@ class Session {
   friend class Model<B>;
   struct MtpState {
     typename B::KvCache kv;
-    int64_t length = 0;
+    std::vector<int64_t> positions;  // of the entries in the cache, increasing
+    std::vector<int32_t> combined;   // the token each entry combined (x_{p+1+k} for step k)
     typename B::Buffer output_buf;
     Rows output;
     bool allocated = false;
@@ -135,6 +160,18 @@ class Session {
   explicit Session(Model<B> model) : model_(std::move(model)) {}
 
   Status write_state(detail::ByteWriter& w) const;
+
+  // Drops step k's entries from the first one for which stale(token index, token) holds.
+  template <class Stale>
+  void drop_mtp_entries(size_t k, Stale&& stale) {
+    auto& m = mtp_[k];
+    size_t keep = 0;
+    while (keep < m.positions.size() &&
+           !stale(m.positions[keep] + 1 + static_cast<int64_t>(k), m.combined[keep]))
+      ++keep;
+    m.positions.resize(keep);
+    m.combined.resize(keep);
+  }
   Status ensure_mtp(size_t step) {
     if (step >= mtp_.size()) mtp_.resize(step + 1);
     if (mtp_[step].allocated) return ok();
@@ -180,10 +217,13 @@ class Session {
   typename B::Buffer chunk_hidden_buf_;  // post-norm rows of the current chunk
   typename B::Buffer hidden_buf_;        // kept post-norm rows of the last append
   Rows hidden_;
+  int64_t hidden_position_ = 0;
   typename B::Buffer logits_dev_buf_;    // logits rows as the backend computes them
   mimo::detail::AlignedBuffer<float> logits_buf_; // host copy
   std::span<float> logits_host_;
   int64_t logits_rows_ = 0;
+  mimo::detail::AlignedBuffer<float> mtp_logits_buf_;
+  int64_t mtp_logits_rows_ = 0;
   std::vector<MtpState> mtp_;
   typename B::Buffer gather_buf_;
 };
@@ -209,6 +249,7 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
   if (!logits_dev) return std::move(logits_dev).error();
 
   const int64_t start = size();
+  hidden_position_ = start + n - hidden_rows;
   for (int64_t first = 0; first < n; first += batch_) {
     const int64_t m = std::min(batch_, n - first);
     const int64_t pos0 = start + first;
@@ -239,6 +280,12 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
     tokens_.insert(tokens_.end(), tokens.begin() + first, tokens.begin() + first + m);
   }
   logits_rows_ = logit_rows;
+  // MTP entries that ran ahead of the session must match the tokens now appended.
+  for (size_t k = 0; k < mtp_.size(); ++k) {
+    drop_mtp_entries(k, [&](int64_t index, int32_t token) {
+      return index >= start && (index >= size() || tokens_[static_cast<size_t>(index)] != token);
+    });
+  }
   return logits();
 }
 
@@ -258,7 +305,7 @@ Expected<Logits> Session<B>::mtp_forward(const MtpBatch& b, const std::atomic<bo
                                              std::to_string(batch_));
   }
   if (auto st = validate_tokens(b.tokens, "mtp_forward"); !st) return std::move(st).error();
-  const Rows source = b.step == 0 ? hidden_ : mtp_output(b.step - 1);
+  const Rows source = b.source.data ? b.source : b.step == 0 ? hidden_ : mtp_output(b.step - 1);
   for (size_t i = 0; i < b.source_rows.size(); ++i) {
     if (b.source_rows[i] < 0 || b.source_rows[i] >= source.count) {
       return Error(Errc::invalid_argument, "mtp_forward: source row " + std::to_string(b.source_rows[i]) +
@@ -271,9 +318,17 @@ Expected<Logits> Session<B>::mtp_forward(const MtpBatch& b, const std::atomic<bo
   }
   if (auto s = ensure_mtp(static_cast<size_t>(b.step)); !s) return std::move(s).error();
   MtpState& st = mtp_[b.step];
-  if (n > capacity_ - st.length) {
+  const int64_t length = static_cast<int64_t>(st.positions.size());
+  if (n > capacity_ - length) {
     return Error(Errc::context_full, "mtp_forward: step " + std::to_string(b.step) + " cache holds " +
-                                         std::to_string(st.length) + " of " + std::to_string(capacity_) + " entries");
+                                         std::to_string(length) + " of " + std::to_string(capacity_) + " entries");
+  }
+  for (size_t i = 0; i < b.positions.size(); ++i) {
+    const int64_t previous = i > 0 ? b.positions[i - 1] : length > 0 ? st.positions.back() : -1;
+    if (b.positions[i] <= previous) {
+      return Error(Errc::invalid_argument, "mtp_forward: positions must increase past the cache's last entry (" +
+                                               std::to_string(previous) + "), found " + std::to_string(b.positions[i]));
+    }
   }
   if (cancel && cancel->load(std::memory_order_relaxed)) return Error(Errc::cancelled, "MTP step cancelled");
 
@@ -283,20 +338,24 @@ Expected<Logits> Session<B>::mtp_forward(const MtpBatch& b, const std::atomic<bo
   auto out = B::rows(st.output_buf, n, c.hidden_size, "MTP outputs");
   if (!out) return std::move(out).error();
   const MtpWeights<B>& layer = w.mtp_layers[static_cast<size_t>(std::min(b.step, K - 1))];
-  mtp_layer<B>(ctx_, c, w, layer, st.kv, st.length, *prev, b.tokens, b.positions, act_.with_rows(n), *out);
+  mtp_layer<B>(ctx_, c, w, layer, st.kv, length, *prev, b.tokens, b.positions, act_.with_rows(n), *out);
   st.output = *out;
-  st.length += n;
+  st.positions.insert(st.positions.end(), b.positions.begin(), b.positions.end());
+  st.combined.insert(st.combined.end(), b.tokens.begin(), b.tokens.end());
 
   const int64_t logit_rows = b.logits == OutputRows::all ? n : b.logits == OutputRows::last ? std::min<int64_t>(n, 1) : 0;
-  if (auto s = ensure_logits(logit_rows); !s) return std::move(s).error();
+  mtp_logits_rows_ = 0;
   if (logit_rows > 0) {
+    if (auto s = mtp_logits_buf_.reserve(static_cast<uint64_t>(logit_rows) * c.vocab_size, "MTP logits"); !s) {
+      return std::move(s).error();
+    }
     auto logits_dev = B::rows(logits_dev_buf_, logit_rows, c.vocab_size, "logits");
     if (!logits_dev) return std::move(logits_dev).error();
     B::linear(ctx_, out->slice(n - logit_rows, logit_rows), {{&w.lm_head, nullptr, *logits_dev}});
-    if (auto s = B::to_host(ctx_, *logits_dev, logits_host_.data()); !s) return std::move(s).error();
+    if (auto s = B::to_host(ctx_, *logits_dev, mtp_logits_buf_.data()); !s) return std::move(s).error();
   }
-  logits_rows_ = logit_rows;
-  return logits();
+  mtp_logits_rows_ = logit_rows;
+  return mtp_logits();
 }
 
 template <class B>
@@ -312,15 +371,19 @@ Expected<Session<B>> Session<B>::copy() const {
     if (auto st = s.ensure_hidden(hidden_.count); !st) return std::move(st).error();
     B::copy_rows(s.ctx_, hidden_, s.hidden_);
   }
+  s.hidden_position_ = hidden_position_;
   if (auto st = s.ensure_logits(logits_rows_); !st) return std::move(st).error();
   std::copy(logits_host_.begin(), logits_host_.begin() + logits_rows_ * model_.config().vocab_size, s.logits_host_.begin());
   s.logits_rows_ = logits_rows_;
   s.mtp_.resize(mtp_.size());
   for (size_t k = 0; k < mtp_.size(); ++k) {
     if (!mtp_[k].allocated) continue;
-    if (auto st = B::copy_kv_cache(s.mtp_[k].kv, mtp_[k].kv, mtp_[k].length); !st) return std::move(st).error();
+    if (auto st = B::copy_kv_cache(s.mtp_[k].kv, mtp_[k].kv, static_cast<int64_t>(mtp_[k].positions.size())); !st) {
+      return std::move(st).error();
+    }
     s.mtp_[k].allocated = true;
-    s.mtp_[k].length = mtp_[k].length;
+    s.mtp_[k].positions = mtp_[k].positions;
+    s.mtp_[k].combined = mtp_[k].combined;
     auto out = B::rows(s.mtp_[k].output_buf, mtp_[k].output.count, model_.config().hidden_size, "MTP outputs");
     if (!out) return std::move(out).error();
     B::copy_rows(s.ctx_, mtp_[k].output, *out);
@@ -335,7 +398,8 @@ Expected<Session<B>> Session<B>::copy() const {
 // Layout (little-endian): "MIMOSESS", u32 version, u64 model fingerprint, u32 KV format, u64
 // layers, kv heads, head_dim; u64 n, i32 tokens[n], main KV (backend layout of n entries);
 // u64 logits rows (0 or 1), f32 logits[V]; u64 hidden rows (0 or 1), f32 hidden[H]; u64 MTP
-// steps, for each u64 entries and its KV; then u64 checksum of everything before it.
+// steps, for each u64 entries, i64 positions[entries], i32 combined tokens[entries] and its KV;
+// then u64 checksum of everything before it.
 
 namespace detail {
 inline constexpr char kSessionMagic[8] = {'M', 'I', 'M', 'O', 'S', 'E', 'S', 'S'};
@@ -382,8 +446,11 @@ Status Session<B>::write_state(detail::ByteWriter& w) const {
   if (s && has_hidden) s = B::rows_save(hidden_.slice(hidden_.count - 1, 1), w);
   if (s) s = w.put<uint64_t>(mtp_.size());
   for (const auto& m : mtp_) {
-    if (s) s = w.put<uint64_t>(static_cast<uint64_t>(m.allocated ? m.length : 0));
-    if (s && m.allocated) s = B::kv_save(m.kv, m.length, w);
+    const int64_t entries = m.allocated ? static_cast<int64_t>(m.positions.size()) : 0;
+    if (s) s = w.put<uint64_t>(static_cast<uint64_t>(entries));
+    if (s && entries) s = w.write(m.positions.data(), m.positions.size() * sizeof(int64_t));
+    if (s && entries) s = w.write(m.combined.data(), m.combined.size() * sizeof(int32_t));
+    if (s && entries) s = B::kv_save(m.kv, entries, w);
   }
   if (s) s = w.finish();
   return s;
@@ -465,20 +532,41 @@ Status Session<B>::restore(std::span<const std::byte> state) {
   auto steps = r.get<uint64_t>("MTP steps");
   if (!steps) return std::move(steps).error();
   if (*steps > 64) return bad("too many MTP steps");
-  std::vector<std::pair<int64_t, std::span<const std::byte>>> mtp;
+  struct SavedMtp {
+    std::vector<int64_t> positions;
+    std::vector<int32_t> combined;
+    std::span<const std::byte> kv;
+  };
+  std::vector<SavedMtp> mtp;
   for (uint64_t k = 0; k < *steps; ++k) {
     auto entries = r.get<uint64_t>("MTP entries");
     if (!entries) return std::move(entries).error();
     if (*entries > static_cast<uint64_t>(capacity_)) return bad("MTP cache longer than the session's context");
+    auto position_bytes = r.take(*entries * sizeof(int64_t), "MTP positions");
+    if (!position_bytes) return std::move(position_bytes).error();
+    SavedMtp m;
+    m.positions.resize(static_cast<size_t>(*entries));
+    if (*entries) std::memcpy(m.positions.data(), position_bytes->data(), position_bytes->size());
+    for (size_t i = 0; i < m.positions.size(); ++i) {
+      if (m.positions[i] < 0 || m.positions[i] >= static_cast<int64_t>(*n) || (i > 0 && m.positions[i] <= m.positions[i - 1])) {
+        return bad("MTP entry positions are not increasing positions of the saved tokens");
+      }
+    }
+    auto combined_bytes = r.take(*entries * sizeof(int32_t), "MTP tokens");
+    if (!combined_bytes) return std::move(combined_bytes).error();
+    m.combined.resize(static_cast<size_t>(*entries));
+    if (*entries) std::memcpy(m.combined.data(), combined_bytes->data(), combined_bytes->size());
+    if (auto v = validate_tokens(m.combined, "session state MTP tokens"); !v) return bad(v.error().message());
     auto bytes = r.take(*entries ? B::kv_bytes_layers(kv_, 1, static_cast<int64_t>(*entries)) : 0, "MTP cache");
     if (!bytes) return std::move(bytes).error();
-    mtp.emplace_back(static_cast<int64_t>(*entries), *bytes);
+    m.kv = *bytes;
+    mtp.push_back(std::move(m));
   }
   if (r.remaining() != 0) return bad(std::to_string(r.remaining()) + " unexpected bytes at the end");
 
   // Everything is validated; allocate what is missing, then commit.
   for (size_t k = 0; k < mtp.size(); ++k) {
-    if (mtp[k].first > 0) {
+    if (!mtp[k].positions.empty()) {
       if (auto s = ensure_mtp(k); !s) return s;
     }
   }
@@ -493,13 +581,14 @@ Status Session<B>::restore(std::span<const std::byte> state) {
     detail::ByteReader hr(*hidden, what);
     if (auto s = B::rows_load(hidden_, hr); !s) return s;
   }
+  hidden_position_ = size() - static_cast<int64_t>(*hidden_rows);
   for (size_t k = 0; k < mtp_.size(); ++k) {
-    const int64_t entries = k < mtp.size() ? mtp[k].first : 0;
-    mtp_[k].length = entries;
+    mtp_[k].positions = k < mtp.size() ? std::move(mtp[k].positions) : std::vector<int64_t>();
+    mtp_[k].combined = k < mtp.size() ? std::move(mtp[k].combined) : std::vector<int32_t>();
     mtp_[k].output.count = 0;
-    if (entries > 0) {
-      detail::ByteReader mr(mtp[k].second, what);
-      if (auto s = B::kv_load(mtp_[k].kv, entries, mr); !s) return s;
+    if (!mtp_[k].positions.empty()) {
+      detail::ByteReader mr(mtp[k].kv, what);
+      if (auto s = B::kv_load(mtp_[k].kv, static_cast<int64_t>(mtp_[k].positions.size()), mr); !s) return s;
     }
   }
   return ok();
