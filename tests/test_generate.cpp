@@ -1,0 +1,257 @@
+// The generation loop: stop tokens, stop strings matched across token boundaries without leaking
+// into the stream, max tokens, callbacks, cancellation, full context, what the session holds
+// afterwards, streaming text, statistics and the log sink. On a tiny model with MiMo's real
+// vocabulary and tokenizer.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <string>
+
+#include <mimo/generate.hpp>
+#include <mimo/mimo.hpp>
+
+#include "support.hpp"
+
+namespace {
+
+using Session = mimo::Session<mimo::Cpu>;
+
+struct World {
+  test::TempDir dir;
+  mimo::Model<mimo::Cpu> model = make_model();
+  mimo::Tokenizer tokenizer = *mimo::Tokenizer::load(std::filesystem::path(MIMO_SOURCE_DIR) / "assets/tokenizer");
+  std::vector<int32_t> prompt = *tokenizer.encode("Once upon a time, in a land far away,");
+
+  mimo::Model<mimo::Cpu> make_model() {
+    auto c = mimo::synth::preset_tiny();
+    test::synthesize(dir.path(), c, 4);
+    auto m = mimo::Model<mimo::Cpu>::load(dir.path());
+    REQUIRE(m.has_value());
+    return *m;
+  }
+  Session session(int64_t context = 256) {
+    auto s = model.new_session({.context = context, .backend = {.threads = 1}});
+    REQUIRE(s.has_value());
+    return std::move(*s);
+  }
+  mimo::Sampler greedy() { return *mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(model.config().vocab_size)); }
+
+  // Greedy generation of n tokens without stops.
+  mimo::Generation plain(int64_t n) {
+    auto s = session();
+    auto sampler = greedy();
+    auto g = mimo::generate(s, prompt, sampler, {.max_tokens = n, .default_stop_tokens = false}, &tokenizer);
+    REQUIRE(g.has_value());
+    return std::move(*g);
+  }
+};
+
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t j = 1; j < n; ++j) {
+      if ((static_cast<unsigned char>(s[i + j]) >> 6) != 2) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("generate: stop strings across token boundaries never leak into the stream") {
+  World w;
+  const auto reference = w.plain(60);
+  REQUIRE(reference.text.size() > 20);
+  // A stop string that starts inside one token's text and ends inside a later one.
+  std::string text_so_far;
+  std::vector<size_t> ends;  // byte offset where each token's text ends
+  for (int32_t t : reference.tokens) {
+    text_so_far += *w.tokenizer.decode(std::span<const int32_t>(&t, 1));
+    ends.push_back(text_so_far.size());
+  }
+  size_t a = 0, b = 0;
+  for (size_t i = 5; i + 2 < ends.size(); ++i) {
+    if (ends[i] - ends[i - 1] >= 2 && ends[i + 1] > ends[i]) {
+      a = ends[i - 1] + 1;  // inside token i
+      b = ends[i + 1];      // through token i+1
+      break;
+    }
+  }
+  REQUIRE(b > a);
+  const std::string stop = reference.text.substr(a, b - a);
+  const size_t expected_end = reference.text.find(stop);
+  CAPTURE(stop);
+
+  auto s = w.session();
+  auto sampler = w.greedy();
+  std::string streamed;
+  bool all_valid = true;
+  auto g = mimo::generate(s, w.prompt, sampler,
+                          {.max_tokens = 60, .default_stop_tokens = false, .stop_strings = {"never appears \x01", stop},
+                           .on_token = [&](const mimo::TokenEvent& e) {
+                             all_valid = all_valid && valid_utf8(e.text);
+                             streamed += e.text;
+                             return true;
+                           }},
+                          &w.tokenizer);
+  REQUIRE(g.has_value());
+  CHECK(g->stop == mimo::StopReason::stop_string);
+  CHECK(g->text == reference.text.substr(0, expected_end));
+  CHECK(streamed == g->text);
+  CHECK(all_valid);
+  CHECK(streamed.find(stop) == std::string::npos);
+  // The tokens up to the one that completed the stop string.
+  CHECK(std::equal(g->tokens.begin(), g->tokens.end(), reference.tokens.begin()));
+}
+
+TEST_CASE("generate: stop tokens, max tokens, and what the session holds afterwards") {
+  World w;
+  const auto reference = w.plain(30);
+  const int32_t stop_token = reference.tokens[7];
+  const auto first = static_cast<size_t>(std::find(reference.tokens.begin(), reference.tokens.end(), stop_token) -
+                                         reference.tokens.begin());
+  {
+    auto s = w.session();
+    auto sampler = w.greedy();
+    auto g = mimo::generate(s, w.prompt, sampler, {.max_tokens = 30, .stop_tokens = {stop_token}, .default_stop_tokens = false},
+                            &w.tokenizer);
+    REQUIRE(g.has_value());
+    CHECK(g->stop == mimo::StopReason::stop_token);
+    CHECK(g->stop_token == stop_token);
+    CHECK(g->tokens == std::vector<int32_t>(reference.tokens.begin(), reference.tokens.begin() + first));
+    // The session holds the prompt, the tokens and the stop token (the conversation continues).
+    CHECK(s.size() == static_cast<int64_t>(w.prompt.size() + first + 1));
+    CHECK(s.tokens().back() == stop_token);
+  }
+  {
+    auto s = w.session();
+    auto sampler = w.greedy();
+    auto g = mimo::generate(s, w.prompt, sampler, {.max_tokens = 10, .default_stop_tokens = false, .commit_last = false},
+                            &w.tokenizer);
+    REQUIRE(g.has_value());
+    CHECK(g->stop == mimo::StopReason::max_tokens);
+    CHECK(g->tokens.size() == 10);
+    CHECK(s.size() == static_cast<int64_t>(w.prompt.size() + 9));  // all but the last
+  }
+}
+
+TEST_CASE("generate: continuing with an empty prompt equals one longer generation") {
+  World w;
+  const auto reference = w.plain(24);
+  auto s = w.session();
+  auto sampler = w.greedy();
+  auto a = mimo::generate(s, w.prompt, sampler, {.max_tokens = 10, .default_stop_tokens = false}, &w.tokenizer);
+  REQUIRE(a.has_value());
+  auto b = mimo::generate(s, {}, sampler, {.max_tokens = 14, .default_stop_tokens = false}, &w.tokenizer);
+  REQUIRE(b.has_value());
+  std::vector<int32_t> both = a->tokens;
+  both.insert(both.end(), b->tokens.begin(), b->tokens.end());
+  CHECK(both == reference.tokens);
+  CHECK(a->text + b->text == reference.text);
+  // An empty prompt on a fresh session has nothing to continue from.
+  auto fresh = w.session();
+  CHECK_FALSE(mimo::generate(fresh, {}, sampler, {}, &w.tokenizer).has_value());
+}
+
+TEST_CASE("generate: callback stop, cancellation, full context") {
+  World w;
+  {
+    auto s = w.session();
+    auto sampler = w.greedy();
+    auto g = mimo::generate(s, w.prompt, sampler,
+                            {.max_tokens = 50, .default_stop_tokens = false,
+                             .on_token = [](const mimo::TokenEvent& e) { return e.index < 2; }},
+                            &w.tokenizer);
+    REQUIRE(g.has_value());
+    CHECK(g->stop == mimo::StopReason::callback);
+    CHECK(g->tokens.size() == 3);
+  }
+  {
+    std::atomic<bool> cancel{false};
+    auto s = w.session();
+    auto sampler = w.greedy();
+    auto g = mimo::generate(s, w.prompt, sampler,
+                            {.max_tokens = 50, .default_stop_tokens = false,
+                             .on_token = [&](const mimo::TokenEvent& e) {
+                               if (e.index == 4) cancel = true;  // e.g. from the game thread
+                               return true;
+                             },
+                             .cancel = &cancel},
+                            &w.tokenizer);
+    REQUIRE(g.has_value());
+    CHECK(g->stop == mimo::StopReason::cancelled);
+    CHECK(g->tokens.size() >= 5);
+    CHECK(g->tokens.size() <= 7);  // at most one more step (a verification) after the cancel
+  }
+  {
+    std::atomic<bool> cancel{true};  // cancelled before the prompt is processed
+    auto s = w.session();
+    auto sampler = w.greedy();
+    auto g = mimo::generate(s, w.prompt, sampler, {.cancel = &cancel}, &w.tokenizer);
+    REQUIRE(g.has_value());
+    CHECK(g->stop == mimo::StopReason::cancelled);
+    CHECK(g->tokens.empty());
+    CHECK(s.size() == 0);
+  }
+  {
+    auto s = w.session(static_cast<int64_t>(w.prompt.size()) + 5);
+    auto sampler = w.greedy();
+    auto g = mimo::generate(s, w.prompt, sampler, {.max_tokens = 50, .default_stop_tokens = false}, &w.tokenizer);
+    REQUIRE(g.has_value());
+    CHECK(g->stop == mimo::StopReason::context_full);
+    CHECK(g->tokens.size() == 6);  // 5 fed back, the 6th chosen from the last logits
+    CHECK(s.size() == s.capacity());
+  }
+}
+
+TEST_CASE("generate: statistics, speculative decoding on by default, and the log sink") {
+  World w;
+  auto s = w.session();
+  auto sampler = w.greedy();
+  std::vector<std::string> lines;
+  auto g = mimo::generate(s, w.prompt, sampler,
+                          {.max_tokens = 20, .default_stop_tokens = false,
+                           .log = [&](mimo::LogLevel, std::string_view line) { lines.emplace_back(line); }},
+                          &w.tokenizer);
+  REQUIRE(g.has_value());
+  CHECK(g->stats.prompt_tokens == static_cast<int64_t>(w.prompt.size()));
+  CHECK(g->stats.generated_tokens == 20);
+  CHECK(g->stats.time_to_first_token > 0.0);
+  CHECK(g->stats.prefill_tokens_per_second() > 0.0);
+  CHECK(g->stats.decode_tokens_per_second() > 0.0);
+  // The tiny preset has one MTP layer: drafting is on unless asked otherwise.
+  CHECK(g->stats.speculative.drafted > 0);
+  CHECK(g->stats.speculative.passes > 0);
+  CHECK(g->stats.speculative.emitted >= 19);
+  CHECK(lines.size() >= 2);
+  // And the same tokens without it.
+  auto s2 = w.session();
+  auto sampler2 = w.greedy();
+  auto g2 = mimo::generate(s2, w.prompt, sampler2, {.max_tokens = 20, .default_stop_tokens = false, .mtp_depth = 0}, &w.tokenizer);
+  REQUIRE(g2.has_value());
+  CHECK(g2->tokens == g->tokens);
+  CHECK(g2->stats.speculative.drafted == 0);
+  // Bad options are errors.
+  CHECK_FALSE(mimo::generate(s2, w.prompt, sampler2, {.max_tokens = -1}, &w.tokenizer).has_value());
+  CHECK_FALSE(mimo::generate(s2, w.prompt, sampler2, {.stop_strings = {"x"}}, nullptr).has_value());
+}
+
+TEST_CASE("generate: default stop tokens come from the config and the tokenizer") {
+  World w;
+  auto s = w.session();
+  auto im_end = w.tokenizer.token_id("<|im_end|>");
+  REQUIRE(im_end.has_value());
+  // A logit bias makes <|im_end|> the certain next token.
+  auto sampler = *mimo::Sampler::create({.logit_bias = {{.token = *im_end, .bias = 1e6f}}, .greedy = true},
+                                        static_cast<int32_t>(w.model.config().vocab_size));
+  auto g = mimo::generate(s, w.prompt, sampler, {.max_tokens = 10}, &w.tokenizer);
+  REQUIRE(g.has_value());
+  CHECK(g->stop == mimo::StopReason::stop_token);
+  CHECK(g->stop_token == *im_end);
+  CHECK(g->tokens.empty());
+  CHECK(g->text.empty());
+}
