@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
   // Load: median of several loads.
   std::vector<double> load_ms;
   std::optional<mimo::Tokenizer> tokenizer;
-  for (int i = 0; i < std::max(repetitions, 5); ++i) {
+  for (int i = 0; i < std::max(repetitions, 9); ++i) {
     const auto start = Clock::now();
     auto loaded = mimo::Tokenizer::load(path);
     load_ms.push_back(seconds_since(start) * 1e3);
