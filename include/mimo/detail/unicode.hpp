@@ -153,8 +153,8 @@ inline size_t append_utf8_lossy_complete(std::string& out, std::string_view byte
 
 inline const unicode_tables::CodePointRecord& code_point_record(char32_t cp) {
   if (cp >= 0x110000) cp = 0xFFFF;  // a noncharacter: no flags, class 0
-  const uint32_t block = unicode_tables::block_index[cp / unicode_tables::block_size];
-  return unicode_tables::records[unicode_tables::block_data[block * unicode_tables::block_size +
+  const uint32_t block_number = unicode_tables::block_index[cp / unicode_tables::block_size];
+  return unicode_tables::records[unicode_tables::block_data[block_number * unicode_tables::block_size +
                                                             cp % unicode_tables::block_size]];
 }
 
