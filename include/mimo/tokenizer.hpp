@@ -118,8 +118,9 @@ class Tokenizer {
     int32_t merged;
   };
   std::optional<MergeRule> merge_rule(int32_t left, int32_t right) const {
-    if (const detail::Merge* m = data_->merges.find(left, right)) return MergeRule{m->rank, m->merged};
-    return std::nullopt;
+    const uint32_t rank = data_->merges.rank(left, right);
+    if (rank == detail::no_rank) return std::nullopt;
+    return MergeRule{rank, data_->merges.merged(rank)};
   }
   std::span<const AddedToken> added_tokens() const { return data_->added; }
 
@@ -325,8 +326,8 @@ inline void Tokenizer::encode_piece(std::string_view piece, std::vector<int32_t>
       last_was_unk = true;
     }  // without an unknown token, Hugging Face drops bytes missing from the vocabulary
   }
-  if (d.byte_pairs.empty()) detail::bpe_merge(d.merges, out, first, scratch.bpe);
-  else detail::bpe_merge(d.merges, out, first, scratch.bpe, d.byte_pairs.data(), piece);
+  if (d.byte_pair_ranks.empty()) detail::bpe_merge(d.merges, out, first, scratch.bpe);
+  else detail::bpe_merge(d.merges, out, first, scratch.bpe, d.byte_pair_ranks.data(), piece);
 }
 
 inline Status Tokenizer::decode_append(std::span<const int32_t> ids, std::string& out, DecodeOptions options) const {
@@ -360,7 +361,7 @@ inline std::optional<std::string_view> Tokenizer::token_text(int32_t id) const {
 
 inline size_t Tokenizer::memory_bytes() const {
   const auto& d = *data_;
-  return d.vocab.memory_bytes() + d.merges.memory_bytes() + d.byte_pairs.capacity() * sizeof(detail::Merge) +
+  return d.vocab.memory_bytes() + d.merges.memory_bytes() + d.byte_pair_ranks.capacity() * sizeof(uint32_t) +
          d.kinds.capacity();
 }
 

@@ -30,9 +30,9 @@ struct AddedToken {
 struct TokenizerLimits {
   static constexpr uint64_t max_file_bytes = 256ull << 20;
   static constexpr size_t max_vocab = 1u << 22;  // tokens in model.vocab
-  static constexpr size_t max_merges = 1u << 22;
+  static constexpr size_t max_merges = (1u << 22) - 1;
   static constexpr size_t max_added_tokens = 1u << 16;
-  static constexpr int64_t max_token_id = (1 << 22) - 1;
+  static constexpr int64_t max_token_id = (1 << 21) - 1;
   static constexpr size_t max_token_bytes = 1u << 16;
   static constexpr size_t max_text_bytes = 1ull << 30;  // one encode call
 };
@@ -107,9 +107,9 @@ struct TokenizerData {
   Vocabulary vocab;    // model.vocab, byte-level text as in the file
   MergeTable merges;
   std::array<int32_t, 256> byte_ids{};  // id of each byte's byte-level character, -1 if missing
-  // The merge of two bytes' symbols, by first byte * 256 + second; empty unless all 256 bytes
-  // have a symbol (then a piece's symbols are its bytes).
-  std::vector<Merge> byte_pairs;
+  // The rank of the merge of two bytes' symbols, by first byte * 256 + second; empty unless all
+  // 256 bytes have a symbol (then a piece's symbols are its bytes).
+  std::vector<uint32_t> byte_pair_ranks;
   int32_t unk_id = -1;
   bool fuse_unk = false;
   bool ignore_merges = false;

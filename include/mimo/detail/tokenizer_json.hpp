@@ -289,6 +289,9 @@ inline int single_byte_of(std::string_view text) {
   return c.valid && c.length == text.size() ? byte_of_byte_level_char(c.code_point) : -1;
 }
 
+static_assert(TokenizerLimits::max_token_id <= MergeTable::max_id && TokenizerLimits::max_merges <= MergeTable::max_merges,
+              "the merge table packs ids and ranks into the bits these limits allow");
+
 // model.merges: [["a", "b"], ...] or, as older files write them, ["a b", ...]. Needs the vocabulary.
 inline Status read_merges(simdjson::ondemand::value value, TokenizerData& data, const std::string& where,
                           const char* end) {
@@ -300,7 +303,7 @@ inline Status read_merges(simdjson::ondemand::value value, TokenizerData& data, 
     data.byte_ids[b] = data.vocab.find(symbol);
     all_bytes = all_bytes && data.byte_ids[b] >= 0;
   }
-  if (all_bytes) data.byte_pairs.assign(256 * 256, bpe_detail::no_merge);
+  if (all_bytes) data.byte_pair_ranks.assign(256 * 256, no_rank);
 
   simdjson::ondemand::array merges;
   if (value.get_array().get(merges)) return Error(Errc::invalid_checkpoint, where + ": expected an array");
@@ -353,11 +356,11 @@ inline Status read_merges(simdjson::ondemand::value value, TokenizerData& data, 
     }
     for (size_t i = 0; i < batched; ++i) {
       const Pending& p = batch[i];
-      data.merges.put(p.left_id, p.right_id, Merge{rank, p.merged_id});  // a pair listed twice: the later wins, as in HF
-      if (!data.byte_pairs.empty() && p.left.size() <= 2 && p.right.size() <= 2) {
+      data.merges.push_back(p.left_id, p.right_id, p.merged_id);  // a pair listed twice: the later wins, as in HF
+      if (!data.byte_pair_ranks.empty() && p.left.size() <= 2 && p.right.size() <= 2) {
         const int left_byte = single_byte_of(p.left), right_byte = single_byte_of(p.right);
         if (left_byte >= 0 && right_byte >= 0)
-          data.byte_pairs[static_cast<size_t>(left_byte) * 256 + static_cast<size_t>(right_byte)] = {rank, p.merged_id};
+          data.byte_pair_ranks[static_cast<size_t>(left_byte) * 256 + static_cast<size_t>(right_byte)] = rank;
       }
       ++rank;
     }
