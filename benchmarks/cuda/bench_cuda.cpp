@@ -1,0 +1,285 @@
+// bench_cuda: the CUDA backend on a checkpoint (meant for `mimo synth --preset 7b`), one table:
+//   load time; the device's measured copy bandwidth; decode tokens/s at batch 1 (median step) for
+//   Session<Cuda> (eager, logits to the host) and for a graph-captured step with device argmax,
+//   with bytes read per token and the fraction of the bandwidth limit; prefill tokens/s for the
+//   given prompt lengths with both product precisions; speculative decoding with a replay drafter
+//   at 100% acceptance (generate() with sessions, and graph-captured verification passes).
+// Result checks: the greedy tokens of the session and the graph decoder must agree, and a checksum
+// of the last logits row is printed.
+//
+//   bench_cuda --model DIR [--prompt 128] [--decode 256] [--prefill 512,4096] [--reps 3]
+//              [--depths 1,3,7] [--peak-gbs 4800]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <mimo/cuda.hpp>
+#include <mimo/generate.hpp>
+#include <mimo/speculative.hpp>
+
+#include "graph_decoder.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+std::vector<int64_t> parse_list(const char* s) {
+  std::vector<int64_t> out;
+  for (const char* p = s; *p;) {
+    char* end = nullptr;
+    out.push_back(std::strtoll(p, &end, 10));
+    p = *end == ',' ? end + 1 : end;
+    if (end == p && *p) break;
+  }
+  return out;
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "bench_cuda: %s\n", what.c_str());
+  std::exit(1);
+}
+
+template <class T>
+T must(mimo::Expected<T> e, const char* what) {
+  if (!e) die(std::string(what) + ": " + e.error().describe());
+  return std::move(*e);
+}
+void must(const mimo::Status& s, const char* what) {
+  if (!s) die(std::string(what) + ": " + s.error().describe());
+}
+
+void row(const std::string& metric, const std::string& value, const std::string& detail) {
+  std::printf("| %-44s | %14s | %s\n", metric.c_str(), value.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+// Bytes a decode step reads: every weight of the main layers and lm_head, one embedding row, the
+// norms and biases, and the KV cache up to `length` entries.
+struct StepBytes {
+  double weights = 0.0, kv_per_entry = 0.0;
+  double at(double length) const { return weights + kv_per_entry * length; }
+};
+StepBytes step_bytes(const mimo::ModelConfig& c) {
+  const double H = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);
+  const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
+  const double per_layer = 2.0 * (H * (q + 2 * kv) + q * H + 3 * H * F) + 4.0 * (q + 2 * kv + 2 * H);
+  StepBytes b;
+  b.weights = per_layer * static_cast<double>(c.num_hidden_layers) + 2.0 * static_cast<double>(c.vocab_size) * H +
+              2.0 * H + 4.0 * H;
+  b.kv_per_entry = 2.0 * 4.0 * kv * static_cast<double>(c.num_hidden_layers);
+  return b;
+}
+
+std::vector<int32_t> prompt_tokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (auto& x : t) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    x = static_cast<int32_t>((s >> 33) % static_cast<uint64_t>(vocab));
+  }
+  return t;
+}
+
+double measured_copy_gbs() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (a) (void)cudaFree(a);
+    return 0.0;
+  }
+  (void)cudaMemset(a, 1, bytes);
+  std::vector<double> t;
+  for (int i = 0; i < 6; ++i) {
+    (void)cudaDeviceSynchronize();
+    const auto start = Clock::now();
+    (void)cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    (void)cudaDeviceSynchronize();
+    t.push_back(since(start));
+  }
+  (void)cudaFree(a);
+  (void)cudaFree(b);
+  return 2.0 * static_cast<double>(bytes) / median(t) / 1e9;  // read + write
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir;
+  int64_t prompt_len = 128, decode = 256, reps = 3;
+  std::vector<int64_t> prefills = {512, 4096}, depths = {1, 3, 7};
+  double peak_gbs = 4800.0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) die("missing value after " + a);
+      return argv[++i];
+    };
+    if (a == "--model") model_dir = next();
+    else if (a == "--prompt") prompt_len = std::atoll(next());
+    else if (a == "--decode") decode = std::atoll(next());
+    else if (a == "--reps") reps = std::max<int64_t>(1, std::atoll(next()));
+    else if (a == "--prefill") prefills = parse_list(next());
+    else if (a == "--depths") depths = parse_list(next());
+    else if (a == "--peak-gbs") peak_gbs = std::atof(next());
+    else die("unknown argument " + a + " (see the top of benchmarks/cuda/bench_cuda.cpp)");
+  }
+  if (model_dir.empty()) die("--model DIR is required");
+  if (mimo::Cuda::device_count() == 0) {
+    std::printf("bench_cuda: skipped: no usable CUDA device (%s)\n", mimo::Cuda::describe_devices().c_str());
+    return 77;
+  }
+
+  std::printf("mimo CUDA benchmark: %s\n", mimo::Cuda::describe_devices().c_str());
+  const auto load_start = Clock::now();
+  auto model = must(mimo::Model<mimo::Cuda>::load(model_dir), "load");
+  const double load_s = since(load_start);
+  const mimo::ModelConfig& c = model.config();
+  const double weight_bytes = static_cast<double>(model.checkpoint().tensor_bytes());
+  std::printf("model %s: %lld layers, hidden %lld, %lld/%lld heads of %lld, ffn %lld, vocab %lld, %lld MTP; %.2f GB of weights\n\n",
+              model_dir.c_str(), static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.hidden_size),
+              static_cast<long long>(c.num_attention_heads), static_cast<long long>(c.num_key_value_heads),
+              static_cast<long long>(c.head_dim), static_cast<long long>(c.intermediate_size),
+              static_cast<long long>(c.vocab_size), static_cast<long long>(c.num_nextn_predict_layers), weight_bytes / 1e9);
+  std::printf("| %-44s | %14s | %s\n", "measurement", "value", "detail");
+  std::printf("|-%s-|-%s-|-%s\n", std::string(44, '-').c_str(), std::string(14, '-').c_str(), std::string(50, '-').c_str());
+  row("load (read + upload to the device)", fmt("%.1f s", load_s), fmt("%.2f GB/s from the page cache or disk", weight_bytes / 1e9 / load_s));
+  const double copy_gbs = measured_copy_gbs();
+  row("device copy bandwidth (measured)", fmt("%.0f GB/s", copy_gbs), "cudaMemcpy device to device, 1 GiB, read + write");
+
+  const StepBytes bytes = step_bytes(c);
+  const int64_t V = c.vocab_size;
+  const auto prompt = prompt_tokens(prompt_len, V, 1);
+  const int64_t context = prompt_len + decode + 64;
+  auto bandwidth = [&](double tok_s, double avg_length) {
+    const double gbs = bytes.at(avg_length) * tok_s / 1e9;
+    return fmt("%.2f GB/token, ", bytes.at(avg_length) / 1e9) + fmt("%.0f GB/s = ", gbs) + fmt("%.0f%% of nominal", 100.0 * gbs / peak_gbs) +
+           (copy_gbs > 0 ? fmt(", %.0f%% of measured copy", 100.0 * gbs / copy_gbs) : std::string());
+  };
+  const double avg_length = static_cast<double>(prompt_len) + static_cast<double>(decode) / 2;
+
+  // --- decode at batch 1: Session<Cuda>, eager, logits to the host ---
+  std::vector<int32_t> session_tokens;
+  {
+    auto s = must(model.new_session({.context = context, .batch = 256}), "session");
+    auto logits = must(s.append(prompt), "prefill");
+    std::vector<double> steps;
+    for (int64_t i = 0; i < decode; ++i) {
+      session_tokens.push_back(static_cast<int32_t>(std::max_element(logits.last().begin(), logits.last().end()) - logits.last().begin()));
+      const auto t = Clock::now();
+      logits = must(s.append({session_tokens.back()}), "decode");
+      steps.push_back(since(t));
+    }
+    const double tok_s = 1.0 / median(steps);
+    row("decode batch 1: Session (eager, logits to host)", fmt("%.1f tok/s", tok_s), bandwidth(tok_s, avg_length));
+  }
+
+  // --- decode at batch 1: one graph per step, argmax on the device ---
+  for (bool graphs : {false, true}) {
+    auto d = must(cuda_test::GraphDecoder::create(model, context, 256, {.graphs = graphs}), "decoder");
+    std::vector<int32_t> ids, out;
+    must(d.step(prompt, false, ids), "prefill");
+    std::vector<double> steps;
+    for (int64_t i = 0; i < decode; ++i) {
+      out.push_back(ids.back());
+      const auto t = Clock::now();
+      must(d.step(std::span<const int32_t>(&out.back(), 1), false, ids), "decode");
+      steps.push_back(since(t));
+    }
+    const double tok_s = 1.0 / median(steps);
+    const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), session_tokens.begin()).first - out.begin());
+    row(graphs ? "decode batch 1: CUDA graph + device argmax" : "decode batch 1: eager + device argmax", fmt("%.1f tok/s", tok_s),
+        bandwidth(tok_s, avg_length) + ", same tokens as the session: " + std::to_string(agree) + "/" + std::to_string(decode) +
+            (graphs ? ", graph launches " + std::to_string(mimo::Cuda::graph_launches(d.context())) : std::string()));
+    if (graphs) {
+      std::vector<float> last;
+      must(d.logits(last), "logits");
+      double sum = 0.0;
+      for (float v : last) sum += v;
+      row("result check", fmt("%.6g", sum), "sum of the last logits row; first tokens " + std::to_string(out[0]) + "," +
+                                                 std::to_string(out[1]) + "," + std::to_string(out[2]));
+    }
+  }
+
+  // --- prefill ---
+  for (auto precision : {mimo::Cuda::GemmPrecision::split_bf16, mimo::Cuda::GemmPrecision::bf16}) {
+    for (int64_t n : prefills) {
+      if (n < 1 || n > c.max_position_embeddings) continue;
+      const auto tokens = prompt_tokens(n, V, 2);
+      auto s = must(model.new_session({.context = n, .batch = n, .backend = {.precision = precision}}), "session");
+      std::vector<double> t;
+      for (int64_t r = 0; r < reps + 1; ++r) {  // the first run chooses cuBLASLt algorithms
+        must(s.truncate(0), "truncate");
+        const auto start = Clock::now();
+        must(s.append(tokens, {.logits = mimo::OutputRows::last, .hidden = mimo::OutputRows::none}), "prefill");
+        if (r > 0) t.push_back(since(start));
+      }
+      const double tok_s = static_cast<double>(n) / median(t);
+      row("prefill " + std::to_string(n) + " tokens (" + (precision == mimo::Cuda::GemmPrecision::split_bf16 ? "split-bf16" : "bf16") + ")",
+          fmt("%.0f tok/s", tok_s), fmt("median of %.0f runs, ", static_cast<double>(reps)) + fmt("%.1f ms", 1e3 * median(t)));
+    }
+  }
+
+  // --- speculative decoding with a replay drafter at 100% acceptance ---
+  const std::vector<int32_t>& continuation = session_tokens;  // the greedy tokens after the prompt
+  {
+    auto plain_session = must(model.new_session({.context = context, .batch = 64}), "session");
+    auto sampler = must(mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(V)), "sampler");
+    auto plain = must(mimo::generate(plain_session, prompt, sampler, {.max_tokens = decode, .default_stop_tokens = false, .mtp_depth = 0}),
+                      "generate");
+    row("generate(), plain greedy (session)", fmt("%.1f tok/s", plain.stats.decode_tokens_per_second()), "decode phase, logits to host, host sampler");
+    for (int64_t depth : depths) {
+      if (depth < 1 || depth > 16) continue;
+      mimo::ReplayDrafter<mimo::Cuda> replay(continuation, prompt_len, 1.0, static_cast<int32_t>(V));
+      auto s = must(model.new_session({.context = context, .batch = 64}), "session");
+      auto sam = must(mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(V)), "sampler");
+      auto g = must(mimo::generate(s, prompt, sam,
+                                   {.max_tokens = decode, .default_stop_tokens = false, .mtp_depth = static_cast<int>(depth), .drafter = &replay}),
+                    "generate");
+      const bool same = g.tokens == plain.tokens;
+      row("generate(), replay drafter 100%, depth " + std::to_string(depth), fmt("%.1f tok/s", g.stats.decode_tokens_per_second()),
+          fmt("%.2f tokens/pass, ", g.stats.speculative.tokens_per_pass()) + fmt("acceptance %.2f, ", g.stats.speculative.acceptance_rate()) +
+              (same ? "same tokens as plain" : "TOKENS DIFFER FROM PLAIN"));
+    }
+  }
+  for (int64_t depth : depths) {
+    if (depth < 1 || depth + 1 > 8 || static_cast<int64_t>(continuation.size()) < 2) continue;
+    auto d = must(cuda_test::GraphDecoder::create(model, context, 256), "decoder");
+    std::vector<int32_t> ids;
+    must(d.step(prompt, false, ids), "prefill");
+    std::vector<double> passes;
+    int64_t done = 0, mismatches = 0;
+    int32_t pending = ids.back();
+    while (done + depth + 1 <= static_cast<int64_t>(continuation.size())) {
+      std::vector<int32_t> rows = {pending};
+      for (int64_t j = 0; j < depth; ++j) rows.push_back(continuation[static_cast<size_t>(done + 1 + j)]);
+      const auto t = Clock::now();
+      must(d.step(rows, true, ids), "verify");
+      passes.push_back(since(t));
+      for (int64_t j = 0; j < depth; ++j) mismatches += ids[static_cast<size_t>(j)] != rows[static_cast<size_t>(j + 1)];
+      pending = ids.back();
+      done += depth + 1;
+    }
+    const double tok_s = static_cast<double>(depth + 1) / median(passes);
+    row("verification passes of " + std::to_string(depth + 1) + " rows (graph)", fmt("%.1f tok/s", tok_s),
+        fmt("%.2f ms/pass, ", 1e3 * median(passes)) + "all drafts accepted: " + (mismatches == 0 ? "yes" : "NO (" + std::to_string(mismatches) + ")"));
+  }
+  return 0;
+}

@@ -1,0 +1,51 @@
+// Device helpers shared by the kernels of the CUDA backend. For .cu translation units only
+// (included through <mimo/cuda.cuh>).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "mimo/backend/cuda/launch.hpp"
+
+namespace mimo::cuda::kernels {
+
+__device__ __forceinline__ float bf16_to_float(uint16_t bits) {
+  return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+}
+
+// Round to nearest even (NaN stays NaN), as mimo::f32_to_bf16 on the host.
+__device__ __forceinline__ uint16_t float_to_bf16(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <class T>
+__host__ __device__ __forceinline__ T min_of(T a, T b) {
+  return b < a ? b : a;
+}
+template <class T>
+__host__ __device__ __forceinline__ T max_of(T a, T b) {
+  return a < b ? b : a;
+}
+
+// Blocks for a grid-stride loop over n items, capped (the loop covers the rest).
+inline unsigned grid_for(int64_t n, int threads, int64_t cap = 65535) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks > cap ? cap : blocks);
+}
+
+inline cudaError_t launched() { return cudaGetLastError(); }
+
+}  // namespace mimo::cuda::kernels

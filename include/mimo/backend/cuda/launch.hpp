@@ -1,0 +1,114 @@
+// The kernel launchers of the CUDA backend: declared here for host code (any C++20 compiler),
+// defined by the kernel headers (*.cuh) that <mimo/cuda.cuh> compiles in exactly one .cu file of
+// a program. Each launcher enqueues its kernels on `stream` and returns the launch status
+// (cudaGetLastError); none synchronises. A launcher with nothing to do returns cudaSuccess.
+//
+// Why the split: nvcc's front end cannot compile the host library (simdjson's SIMD code, C++20
+// implicit moves into Expected<T>), so the model, the session and the backend's host side are
+// compiled by the host compiler and only the kernels go through nvcc.
+//
+// Data: activations are mimo::Rows of fp32 in device memory; weights are bf16 bit patterns
+// (uint16_t) in row-major [rows, cols]; a KV layer is fp32 [kv_head][entry][head_dim].
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "mimo/backend/backend.hpp"
+
+namespace mimo::cuda {
+
+// Element type of a tensor as stored in the checkpoint (converted to bf16 at upload).
+enum class StoredType : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+// One product y (+)= x W^T + bias of the GEMV kernel (x has 1..kMaxGemvRows rows).
+struct GemvJob {
+  const uint16_t* weight = nullptr;  // bf16 [rows, cols], row-major, contiguous
+  int64_t rows = 0;
+  const float* bias = nullptr;       // rows floats, or null
+  float* out = nullptr;              // row r of x writes out[r * out_stride + 0..rows)
+  int64_t out_stride = 0;
+  int accumulate = 0;                // 1: out += x W^T + bias
+};
+inline constexpr int kMaxGemvJobs = 4;
+inline constexpr int kMaxGemvRows = 8;
+struct GemvBatch {
+  GemvJob jobs[kMaxGemvJobs];
+  int count = 0;
+};
+
+// One decoder layer of a KV cache.
+struct KvLayer {
+  float* keys = nullptr;    // [kv_heads][capacity][head_dim]
+  float* values = nullptr;  // same layout
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t capacity = 0;
+};
+
+// Causal attention of q.count new rows whose keys and values are already stored at entries
+// [length, length + q.count) of `kv`: row i sees entries [0, length + i].
+struct AttentionArgs {
+  KvLayer kv;
+  const int64_t* length = nullptr;  // device memory: entries before the first new row
+  Rows q;                           // q.count rows of num_heads * head_dim
+  Rows out;                         // same shape as q
+  int64_t num_heads = 0;
+  float scale = 0.0f;               // 1 / sqrt(head_dim)
+};
+
+inline constexpr int64_t kMaxHeadDim = 256;  // the attention kernels' limit (even head_dim only)
+inline constexpr int kDecodeMaxGroup = 8;    // query heads per block of the split-K kernel
+inline constexpr int kMaxDecodeRows = 8;     // rows of the split-K decode kernel
+inline constexpr int kMaxSplits = 128;       // key splits of the split-K decode kernel
+
+namespace launch {
+
+// dst[i] = bf16(src[i]) for i < n; src is f32 or f16 in device memory.
+cudaError_t convert_to_bf16(cudaStream_t stream, const void* src, StoredType type, uint16_t* dst, int64_t n);
+
+// hi[i][c] = bf16(x[i][c]) and, when lo is not null, lo[i][c] = bf16(x[i][c] - hi[i][c]), both
+// contiguous [x.count][x.width]: the inputs of cuBLASLt products (hi + lo carries ~16 bits).
+cudaError_t split_bf16(cudaStream_t stream, const Rows& x, uint16_t* hi, uint16_t* lo);
+
+// The jobs of `batch` over the same `rows` input rows x (x_stride floats apart) of `cols` values.
+cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, int64_t x_stride, int rows, int64_t cols);
+
+// out[i][c] += bias[c].
+cudaError_t add_bias(cudaStream_t stream, const Rows& out, const float* bias);
+
+// out = weight * x / sqrt(mean(x^2) + eps) per row; out may alias x.
+cudaError_t rms_norm(cudaStream_t stream, const Rows& x, const float* weight, double eps, const Rows& out);
+
+// Rotate-half RoPE of every head of row i at positions[i] (device memory).
+cudaError_t rope(cudaStream_t stream, const Rows& x, int64_t heads, int64_t head_dim, const int64_t* positions,
+                 double theta);
+
+// gate = silu(gate) * up.
+cudaError_t silu_mul(cudaStream_t stream, const Rows& gate, const Rows& up);
+
+// out[i] = table[tokens[i]] widened to fp32; tokens (device memory) are clamped to [0, vocab).
+cudaError_t embed(cudaStream_t stream, const uint16_t* table, int64_t vocab, const int32_t* tokens, const Rows& out);
+
+// dst[i] = src[rows[i]]; rows (device memory) are clamped to [0, src.count).
+cudaError_t gather_rows(cudaStream_t stream, const Rows& src, const int32_t* rows, const Rows& dst);
+
+// Stores k, v (n rows of kv_heads * head_dim) at entries [*length, *length + n) of `kv`;
+// entries past the capacity are dropped (the host checks first).
+cudaError_t kv_store(cudaStream_t stream, const KvLayer& kv, const int64_t* length, const Rows& k, const Rows& v);
+
+// Split-K attention for at most kMaxDecodeRows rows: `splits` blocks of `split_len` keys per
+// (row, KV head), then a combine pass. partials: rows * num_heads * splits * (head_dim + 2) floats.
+cudaError_t attention_decode(cudaStream_t stream, const AttentionArgs& a, int splits, int64_t split_len,
+                             float* partials);
+
+// Tiled (flash-style) attention for any number of rows: 32 query rows of one head per block,
+// keys and values streamed through shared memory with an online softmax.
+cudaError_t attention_prefill(cudaStream_t stream, const AttentionArgs& a);
+
+// out[i] = index of the largest value of row i (the first one on ties).
+cudaError_t argmax_rows(cudaStream_t stream, const Rows& x, int32_t* out);
+
+}  // namespace launch
+}  // namespace mimo::cuda

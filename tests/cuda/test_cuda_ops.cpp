@@ -1,0 +1,399 @@
+// Each op of the CUDA backend against the CPU backend (the reference implementation of the
+// surface), over sweeps of sizes including odd ones, strided rows and aliasing, with a tolerance
+// per op on the normalised squared error: exact where both sides do the same fp32 arithmetic
+// (gathers, RMSNorm, RoPE), summation-order level for products and attention, bf16-rounding level
+// for products with bf16 activations.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "cuda_support.hpp"
+
+using mimo::Cpu;
+using mimo::Cuda;
+using cuda_test::Contexts;
+using cuda_test::DeviceRows;
+using cuda_test::HostRows;
+using cuda_test::HostTensor;
+using cuda_test::nmse;
+using cuda_test::random_values;
+
+namespace {
+
+const mimo::AttentionShape kNoAttention{1, 1, 2, 10000.0};
+
+}  // namespace
+
+TEST_CASE("cuda ops: embed widens bf16 rows exactly") {
+  Contexts ctx(kNoAttention, 16);
+  for (auto [vocab, width] : {std::pair<int64_t, int64_t>{37, 50}, {1000, 64}, {5, 1}}) {
+    CAPTURE(vocab);
+    CAPTURE(width);
+    const HostTensor table("embed", mimo::DType::bf16, {vocab, width}, random_values(static_cast<size_t>(vocab * width), 1));
+    auto cpu_table = Cpu::make_linear(table.view());
+    auto gpu_table = Cuda::make_linear(table.view());
+    REQUIRE(gpu_table.has_value());
+    std::vector<int32_t> tokens = {0, static_cast<int32_t>(vocab - 1), 3 % static_cast<int32_t>(vocab), 0};
+    HostRows h(4, width, width + 3);
+    DeviceRows d(4, width, width + 3);
+    Cpu::embed(ctx.cpu, *cpu_table, tokens, h.rows);
+    Cuda::embed(ctx.gpu, *gpu_table, tokens, d.rows);
+    ctx.sync();
+    CHECK(d.download() == h.download());
+  }
+}
+
+TEST_CASE("cuda ops: rms_norm, strided and in place") {
+  Contexts ctx(kNoAttention, 16);
+  for (int64_t rows : {1, 3, 17}) {
+    for (int64_t width : {1, 31, 64, 1000, 4096}) {
+      CAPTURE(rows);
+      CAPTURE(width);
+      const auto x = random_values(static_cast<size_t>(rows * width), 2, 3.0f);
+      const HostTensor w("norm", mimo::DType::bf16, {width}, random_values(static_cast<size_t>(width), 3));
+      auto cw = Cpu::make_vector(w.view());
+      auto gw = Cuda::make_vector(w.view());
+      REQUIRE(gw.has_value());
+      HostRows hx(rows, width, width + 5), hy(rows, width);
+      DeviceRows dx(rows, width, width + 5), dy(rows, width);
+      hx.upload(x);
+      dx.upload(x);
+      Cpu::rms_norm(ctx.cpu, hx.rows, *cw, 1e-5, hy.rows);
+      Cuda::rms_norm(ctx.gpu, dx.rows, *gw, 1e-5, dy.rows);
+      Cpu::rms_norm(ctx.cpu, hx.rows, *cw, 1e-5, hx.rows);  // in place
+      Cuda::rms_norm(ctx.gpu, dx.rows, *gw, 1e-5, dx.rows);
+      ctx.sync();
+      CHECK(nmse(dy.download(), hy.download()) < 1e-12);
+      CHECK(nmse(dx.download(), hx.download()) < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("cuda ops: linear over GEMV and cuBLASLt paths, bias, accumulate, strides, several ops") {
+  struct Path {
+    const char* name;
+    Cuda::GemmPrecision precision;
+    double tolerance;
+  };
+  for (Path path : {Path{"split_bf16", Cuda::GemmPrecision::split_bf16, 1e-9}, Path{"bf16", Cuda::GemmPrecision::bf16, 1e-4}}) {
+    CAPTURE(path.name);
+    Contexts ctx(kNoAttention, 128, {.precision = path.precision});
+    for (int64_t rows : {1, 2, 3, 5, 8, 9, 33, 100}) {
+      for (auto [in, out] : {std::pair<int64_t, int64_t>{64, 13}, {7, 5}, {100, 130}, {256, 64}, {1000, 257}}) {
+        CAPTURE(rows);
+        CAPTURE(in);
+        CAPTURE(out);
+        // Three products from the same input (like q, k, v), then two more (five: more than one GEMV batch).
+        std::vector<HostTensor> weights, biases;
+        for (int j = 0; j < 5; ++j) {
+          weights.emplace_back("w" + std::to_string(j), mimo::DType::bf16, std::vector<int64_t>{out + j, in},
+                               random_values(static_cast<size_t>((out + j) * in), 10 + static_cast<uint32_t>(j), 0.1f));
+          biases.emplace_back("b" + std::to_string(j), mimo::DType::bf16, std::vector<int64_t>{out + j},
+                              random_values(static_cast<size_t>(out + j), 20 + static_cast<uint32_t>(j)));
+        }
+        const auto x = random_values(static_cast<size_t>(rows * in), 4);
+        HostRows hx(rows, in, in + 1);
+        DeviceRows dx(rows, in, in + 1);
+        hx.upload(x);
+        dx.upload(x);
+        std::vector<Cpu::Linear> cw;
+        std::vector<Cuda::Linear> gw;
+        std::vector<Cpu::Vector> cb;
+        std::vector<Cuda::Vector> gb;
+        for (int j = 0; j < 5; ++j) {
+          cw.push_back(*Cpu::make_linear(weights[static_cast<size_t>(j)].view()));
+          auto g = Cuda::make_linear(weights[static_cast<size_t>(j)].view());
+          REQUIRE(g.has_value());
+          gw.push_back(std::move(*g));
+          cb.push_back(*Cpu::make_vector(biases[static_cast<size_t>(j)].view()));
+          auto v = Cuda::make_vector(biases[static_cast<size_t>(j)].view());
+          REQUIRE(v.has_value());
+          gb.push_back(std::move(*v));
+        }
+        std::vector<HostRows> hy;
+        std::vector<DeviceRows> dy;
+        for (int j = 0; j < 5; ++j) {
+          const int64_t width = out + j, stride = width + (j % 2 ? 7 : 0);
+          hy.emplace_back(rows, width, stride);
+          dy.emplace_back(rows, width, stride);
+          const auto init = random_values(static_cast<size_t>(rows * width), 30 + static_cast<uint32_t>(j));
+          hy.back().upload(init);  // accumulate adds to it
+          dy.back().upload(init);
+        }
+        std::vector<Cpu::LinearOp> cops;
+        std::vector<Cuda::LinearOp> gops;
+        for (int j = 0; j < 5; ++j) {
+          const bool bias = j < 3, accumulate = j >= 3;
+          const size_t u = static_cast<size_t>(j);
+          cops.push_back({&cw[u], bias ? &cb[u] : nullptr, hy[u].rows, accumulate});
+          gops.push_back({&gw[u], bias ? &gb[u] : nullptr, dy[u].rows, accumulate});
+        }
+        // The CPU backend takes at most four products per call.
+        Cpu::linear(ctx.cpu, hx.rows, std::span<const Cpu::LinearOp>(cops).first(3));
+        Cpu::linear(ctx.cpu, hx.rows, std::span<const Cpu::LinearOp>(cops).subspan(3));
+        Cuda::linear(ctx.gpu, dx.rows, gops);
+        ctx.sync();
+        const bool exact_path = rows <= 8;  // GEMV: fp32 activations
+        for (int j = 0; j < 5; ++j) {
+          CAPTURE(j);
+          const double e = nmse(dy[static_cast<size_t>(j)].download(), hy[static_cast<size_t>(j)].download());
+          CHECK(e < (exact_path ? 1e-10 : path.tolerance));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda ops: F16 and F32 weights are uploaded as bf16") {
+  Contexts ctx(kNoAttention, 16);
+  const int64_t out = 70, in = 96, rows = 3;
+  const auto values = random_values(static_cast<size_t>(out * in), 5, 0.2f);
+  const auto x = random_values(static_cast<size_t>(rows * in), 6);
+  for (mimo::DType dtype : {mimo::DType::f16, mimo::DType::f32}) {
+    CAPTURE(mimo::to_string(dtype));
+    const HostTensor stored("w", dtype, {out, in}, values);
+    // The reference: the same values rounded as the device rounds them (via f32 for F16).
+    std::vector<float> rounded(values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+      const float f = mimo::load_float(stored.bytes.data(), dtype, i);
+      rounded[i] = mimo::bf16_to_f32(mimo::f32_to_bf16(f));
+    }
+    const HostTensor reference("w", mimo::DType::bf16, {out, in}, rounded);
+    auto cw = Cpu::make_linear(reference.view());
+    auto gw = Cuda::make_linear(stored.view());
+    REQUIRE(gw.has_value());
+    HostRows hx(rows, in), hy(rows, out);
+    DeviceRows dx(rows, in), dy(rows, out);
+    hx.upload(x);
+    dx.upload(x);
+    Cpu::linear(ctx.cpu, hx.rows, {{&*cw, nullptr, hy.rows}});
+    Cuda::linear(ctx.gpu, dx.rows, {{&*gw, nullptr, dy.rows}});
+    ctx.sync();
+    CHECK(nmse(dy.download(), hy.download()) < 1e-10);
+  }
+}
+
+TEST_CASE("cuda ops: rope at positions up to 32k") {
+  Contexts ctx(kNoAttention, 16);
+  for (int64_t head_dim : {2, 16, 64, 128}) {
+    for (int64_t heads : {1, 3, 8}) {
+      for (double theta : {10000.0, 640000.0}) {
+        CAPTURE(head_dim);
+        CAPTURE(heads);
+        const int64_t rows = 9, width = heads * head_dim;
+        std::vector<int64_t> positions = {0, 1, 2, 17, 255, 4096, 12345, 32766, 32767};
+        const auto x = random_values(static_cast<size_t>(rows * width), 7);
+        HostRows h(rows, width, width + 2);
+        DeviceRows d(rows, width, width + 2);
+        h.upload(x);
+        d.upload(x);
+        const mimo::AttentionShape s{heads, heads, head_dim, theta};
+        Cpu::rope(ctx.cpu, h.rows, heads, s, positions);
+        Cuda::rope(ctx.gpu, d.rows, heads, s, positions);
+        ctx.sync();
+        CHECK(nmse(d.download(), h.download()) < 1e-12);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda ops: silu_mul, including saturated gates") {
+  Contexts ctx(kNoAttention, 16);
+  for (auto [rows, width] : {std::pair<int64_t, int64_t>{1, 11008}, {7, 33}, {64, 160}}) {
+    auto gate = random_values(static_cast<size_t>(rows * width), 8, 4.0f);
+    gate[0] = -100.0f;
+    gate[1] = 100.0f;
+    const auto up = random_values(static_cast<size_t>(rows * width), 9);
+    HostRows hg(rows, width), hu(rows, width, width + 1);
+    DeviceRows dg(rows, width), du(rows, width, width + 1);
+    hg.upload(gate);
+    dg.upload(gate);
+    hu.upload(up);
+    du.upload(up);
+    Cpu::silu_mul(ctx.cpu, hg.rows, hu.rows);
+    Cuda::silu_mul(ctx.gpu, dg.rows, du.rows);
+    ctx.sync();
+    CHECK(nmse(dg.download(), hg.download()) < 1e-12);
+  }
+}
+
+TEST_CASE("cuda ops: attention, split-K and tiled kernels, grouped heads, after a filled cache") {
+  struct Shape {
+    int64_t heads, kv_heads, head_dim;
+  };
+  for (Shape sh : {Shape{4, 2, 16}, Shape{8, 1, 64}, Shape{32, 8, 128}, Shape{6, 3, 48}, Shape{16, 16, 256}, Shape{12, 1, 2}}) {
+    for (int decode_rows : {0, 8}) {  // 0: every attention goes through the tiled kernel
+      CAPTURE(sh.heads);
+      CAPTURE(sh.kv_heads);
+      CAPTURE(sh.head_dim);
+      CAPTURE(decode_rows);
+      const int64_t capacity = 1400;
+      const mimo::AttentionShape s{sh.heads, sh.kv_heads, sh.head_dim, 10000.0};
+      Contexts ctx(s, capacity, {.decode_attention_max_rows = decode_rows});
+      Cpu::KvCache ckv;
+      Cuda::KvCache gkv;
+      cuda_test::require_ok(Cpu::make_kv_cache(ckv, 2, s, capacity));
+      cuda_test::require_ok(Cuda::make_kv_cache(gkv, 2, s, capacity));
+      const int64_t qw = sh.heads * sh.head_dim, kw = sh.kv_heads * sh.head_dim;
+      int64_t length = 0;
+      uint32_t seed = 100;
+      // Rows appended in turn: a prompt, single tokens, a verification batch, more prompt.
+      for (int64_t n : {int64_t{37}, int64_t{1}, int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{300},
+                        int64_t{1}, int64_t{700}, int64_t{2}}) {
+        CAPTURE(length);
+        CAPTURE(n);
+        const auto q = random_values(static_cast<size_t>(n * qw), seed++);
+        const auto k = random_values(static_cast<size_t>(n * kw), seed++);
+        const auto v = random_values(static_cast<size_t>(n * kw), seed++);
+        HostRows hq(n, qw, qw + 4), hk(n, kw), hv(n, kw, kw + 2), ho(n, qw);
+        DeviceRows dq(n, qw, qw + 4), dk(n, kw), dv(n, kw, kw + 2), dout(n, qw);
+        hq.upload(q);
+        dq.upload(q);
+        hk.upload(k);
+        dk.upload(k);
+        hv.upload(v);
+        dv.upload(v);
+        for (int64_t layer : {int64_t{1}, int64_t{0}}) {
+          Cpu::attention(ctx.cpu, ckv, layer, length, hq.rows, hk.rows, hv.rows, s, ho.rows);
+          Cuda::attention(ctx.gpu, gkv, layer, length, dq.rows, dk.rows, dv.rows, s, dout.rows);
+          ctx.sync();
+          CHECK(nmse(dout.download(), ho.download()) < 1e-10);
+        }
+        length += n;
+      }
+      // The caches hold the same keys and values (the GPU's read back through kv_save).
+      std::vector<std::byte> a, b;
+      mimo::detail::ByteWriter wa(a), wb(b);
+      cuda_test::require_ok(Cpu::kv_save(ckv, length, wa));
+      cuda_test::require_ok(Cuda::kv_save(gkv, length, wb));
+      CHECK(a == b);
+    }
+  }
+}
+
+TEST_CASE("cuda ops: gather_rows, copy_rows, to_host, argmax") {
+  Contexts ctx(kNoAttention, 16);
+  const int64_t n = 6, width = 77;
+  const auto x = random_values(static_cast<size_t>(n * width), 11);
+  DeviceRows src(n, width, width + 3), gathered(4, width), copied(n, width, width + 1);
+  src.upload(x);
+  const std::vector<int32_t> rows = {5, 0, 5, 2};
+  Cuda::gather_rows(ctx.gpu, src.rows, rows, gathered.rows);
+  Cuda::copy_rows(ctx.gpu, src.rows, copied.rows);
+  std::vector<float> host(static_cast<size_t>(n * width));
+  cuda_test::require_ok(Cuda::to_host(ctx.gpu, src.rows, host.data()));
+  CHECK(host == x);
+  CHECK(copied.download() == x);
+  const auto g = gathered.download();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    CHECK(std::equal(g.begin() + static_cast<long>(i) * width, g.begin() + static_cast<long>(i + 1) * width,
+                     x.begin() + static_cast<long>(rows[i]) * width));
+  }
+  // argmax with ties takes the first, as std::max_element.
+  std::vector<float> logits = random_values(static_cast<size_t>(3 * 151680), 12);
+  logits[7] = logits[90000] = 1e6f;            // row 0: a tie
+  logits[151680 + 151679] = 1e6f;              // row 1: the last column
+  for (int64_t c = 0; c < 151680; ++c) logits[static_cast<size_t>(2 * 151680 + c)] = -INFINITY;  // row 2: all -inf
+  DeviceRows l(3, 151680);
+  l.upload(logits);
+  Cuda::argmax_rows(ctx.gpu, l.rows);
+  std::vector<int32_t> ids(3);
+  cuda_test::require_ok(Cuda::read_argmax(ctx.gpu, ids));
+  CHECK(ids == std::vector<int32_t>{7, 151679, 0});
+}
+
+TEST_CASE("cuda ops: a bad op is reported at the next synchronisation, then the context works again") {
+  Contexts ctx(kNoAttention, 16);
+  DeviceRows a(2, 10), b(3, 10);
+  Cuda::copy_rows(ctx.gpu, a.rows, b.rows);  // counts differ
+  std::vector<float> host(20);
+  auto s = Cuda::to_host(ctx.gpu, a.rows, host.data());
+  REQUIRE_FALSE(s.has_value());
+  CHECK(s.error().code() == mimo::Errc::invalid_argument);
+  CHECK(s.error().message().find("copy_rows") != std::string::npos);
+  a.upload(std::vector<float>(20, 2.0f));
+  cuda_test::require_ok(Cuda::to_host(ctx.gpu, a.rows, host.data()));
+  CHECK(host == std::vector<float>(20, 2.0f));
+  // Contexts refuse what the kernels cannot do.
+  CHECK_FALSE(Cuda::make_context({}, mimo::AttentionShape{4, 4, 512, 1e4}, 16, 64).has_value());
+  CHECK_FALSE(Cuda::make_context({.device = 9999}, kNoAttention, 16, 64).has_value());
+}
+
+TEST_CASE("cuda ops: saved KV caches move between the backends") {
+  const mimo::AttentionShape s{4, 2, 16, 10000.0};
+  Contexts ctx(s, 64);
+  Cpu::KvCache ckv, back;
+  Cuda::KvCache gkv, copy;
+  cuda_test::require_ok(Cpu::make_kv_cache(ckv, 3, s, 64));
+  cuda_test::require_ok(Cpu::make_kv_cache(back, 3, s, 64));
+  cuda_test::require_ok(Cuda::make_kv_cache(gkv, 3, s, 64));
+  const int64_t n = 20;
+  const auto q = random_values(static_cast<size_t>(n * 64), 1), k = random_values(static_cast<size_t>(n * 32), 2),
+             v = random_values(static_cast<size_t>(n * 32), 3);
+  HostRows hq(n, 64), hk(n, 32), hv(n, 32), ho(n, 64);
+  hq.upload(q);
+  hk.upload(k);
+  hv.upload(v);
+  for (int64_t layer = 0; layer < 3; ++layer) Cpu::attention(ctx.cpu, ckv, layer, 0, hq.rows, hk.rows, hv.rows, s, ho.rows);
+  std::vector<std::byte> saved;
+  mimo::detail::ByteWriter w(saved);
+  cuda_test::require_ok(Cpu::kv_save(ckv, n, w));
+  mimo::detail::ByteReader r(saved, "state");
+  cuda_test::require_ok(Cuda::kv_load(gkv, n, r));
+  cuda_test::require_ok(Cuda::copy_kv_cache(copy, gkv, n));
+  std::vector<std::byte> again;
+  mimo::detail::ByteWriter w2(again);
+  cuda_test::require_ok(Cuda::kv_save(copy, n, w2));
+  CHECK(again == saved);
+  mimo::detail::ByteReader r2(again, "state");
+  cuda_test::require_ok(Cpu::kv_load(back, n, r2));
+  std::vector<std::byte> third;
+  mimo::detail::ByteWriter w3(third);
+  cuda_test::require_ok(Cpu::kv_save(back, n, w3));
+  CHECK(third == saved);
+}
+
+TEST_CASE("cuda ops: Cuda::forward captures a repeated sequence of ops and replays it with new inputs") {
+  const mimo::AttentionShape s{4, 2, 16, 10000.0};
+  const int64_t vocab = 50, hidden = 64, capacity = 600;
+  const HostTensor table("embed", mimo::DType::bf16, {vocab, hidden}, random_values(static_cast<size_t>(vocab * hidden), 1));
+  const HostTensor wq("q", mimo::DType::bf16, {64, hidden}, random_values(64 * hidden, 2, 0.2f));
+  const HostTensor wk("k", mimo::DType::bf16, {32, hidden}, random_values(32 * hidden, 3, 0.2f));
+  const HostTensor norm("n", mimo::DType::bf16, {hidden}, random_values(hidden, 4));
+  auto gt = *Cuda::make_linear(table.view());
+  auto gq = *Cuda::make_linear(wq.view());
+  auto gk = *Cuda::make_linear(wk.view());
+  auto gn = *Cuda::make_vector(norm.view());
+  // The same steps with graphs on and off; outputs must agree exactly.
+  std::vector<std::vector<float>> results[2];
+  uint64_t launches = 0;
+  for (int graphs = 0; graphs < 2; ++graphs) {
+    auto ctx = Cuda::make_context({.graphs = graphs == 1}, s, capacity, 256);
+    REQUIRE(ctx.has_value());
+    Cuda::KvCache kv;
+    cuda_test::require_ok(Cuda::make_kv_cache(kv, 1, s, capacity));
+    DeviceRows x(1, hidden), q(1, 64), k(1, 32), out(1, 64);
+    for (int64_t step = 0; step < 300; ++step) {  // crosses the 256-key bucket of the split-K kernel
+      const int32_t token = static_cast<int32_t>((step * 7) % vocab);
+      const int64_t position = step;
+      auto body = [&](Cuda::Context& c) -> mimo::Status {
+        Cuda::embed(c, gt, std::span<const int32_t>(&token, 1), x.rows);
+        Cuda::rms_norm(c, x.rows, gn, 1e-5, x.rows);
+        Cuda::linear(c, x.rows, {{&gq, nullptr, q.rows}, {&gk, nullptr, k.rows}});
+        Cuda::rope(c, q.rows, 4, s, std::span<const int64_t>(&position, 1));
+        Cuda::rope(c, k.rows, 2, s, std::span<const int64_t>(&position, 1));
+        Cuda::attention(c, kv, 0, step, q.rows, k.rows, k.rows, s, out.rows);
+        return mimo::ok();
+      };
+      cuda_test::require_ok(Cuda::forward(*ctx, body));
+      std::vector<float> host(64);
+      cuda_test::require_ok(Cuda::to_host(*ctx, out.rows, host.data()));
+      results[graphs].push_back(host);
+    }
+    if (graphs) launches = Cuda::graph_launches(*ctx);
+    if (graphs) MESSAGE("graph launches ", launches, ", captures ", Cuda::graph_captures(*ctx));
+  }
+  CHECK(launches > 250);
+  CHECK(results[0] == results[1]);
+}
