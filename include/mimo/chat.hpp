@@ -55,7 +55,7 @@ struct ChatMessage {
   std::string content;
   // Assistant turns: the reasoning kept apart from the answer. When absent, reasoning is taken
   // from "<think>...</think>" inside content, as the template does.
-  std::optional<std::string> reasoning_content;
+  std::optional<std::string> reasoning_content{};
 };
 
 struct ChatOptions {

@@ -219,12 +219,6 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
 
   Generation result;
   result.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
-  if (options.penalize_prompt) {
-    for (int32_t t : prompt) {
-      if (auto s = sampler.accept(t); !s) return std::move(s).error();
-    }
-  }
-
   // Prefill. With the MTP drafter, in chunks whose hidden states extend its caches.
   if (!prompt.empty()) {
     const int64_t chunk = mtp ? session.batch() : static_cast<int64_t>(prompt.size());
@@ -248,6 +242,11 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     }
   } else if (session.logits().rows == 0) {
     return Error(Errc::invalid_argument, "generate: an empty prompt continues from the session's last logits, but it has none");
+  }
+  if (options.penalize_prompt) {  // after the prefill, which has validated the ids
+    for (int32_t t : prompt) {
+      if (auto s = sampler.accept(t); !s) return std::move(s).error();
+    }
   }
   result.stats.prefill_seconds = detail::seconds_since(start_time);
   log(LogLevel::debug, "prefill: " + std::to_string(prompt.size()) + " tokens in " +

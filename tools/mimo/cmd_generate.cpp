@@ -1,46 +1,26 @@
-// mimo generate --model DIR --tokens IDS -n N --greedy --print-ids
-#include <algorithm>
-#include <cstdio>
+// mimo generate [--model DIR] (--prompt TEXT [--chat] [--system TEXT] | --tokens IDS) [-n N]
+//               [--greedy | --temp T --top-k K --top-p P --min-p P --repeat-penalty R --seed S]
+//               [--mtp-depth D] [--stop TEXT] [--ignore-eos] [--print-ids] [--no-stream] [--quiet]
+//               [--threads N] [--context N] [--tokenizer PATH] [--backend cpu|cuda]
+//
+// Streams the text to stdout as it is produced (with a tokenizer), prints the generated ids on
+// the last line with --print-ids, and statistics on stderr. Speculative decoding with the MTP
+// layers is on when the checkpoint has them (--mtp-depth 0 turns it off; the output is the same).
+#include <set>
 #include <string>
-#include <vector>
 
-#include <mimo/mimo.hpp>
-
-#include "args.hpp"
 #include "commands.hpp"
+#include "generate_command.hpp"
 
 int cmd_generate(int argc, char** argv) {
   using namespace mimo;
-  auto args = cli::Args::parse(argc, argv, {"model", "tokens", "n", "threads", "context"}, {"greedy", "print-ids"});
+  std::set<std::string> options = cli::model_options();
+  for (const auto& o : cli::sampling_options()) options.insert(o);
+  for (const char* o : {"prompt", "tokens", "n", "system", "stop"}) options.insert(o);
+  auto args = cli::Args::parse(argc, argv, options, {"greedy", "print-ids", "chat", "no-stream", "quiet", "ignore-eos"});
   if (!args) return cli::fail("generate", args.error());
-  if (!args->has("tokens")) return cli::fail("generate", Error(Errc::invalid_argument, "--tokens is required"));
-  auto prompt = cli::Args::parse_ids("tokens", args->get("tokens"));
-  if (!prompt) return cli::fail("generate", prompt.error());
-  auto n = args->get_int("n", 32);
-  if (!n) return cli::fail("generate", n.error());
-  auto threads = args->get_int("threads", 0);
-  if (!threads) return cli::fail("generate", threads.error());
-  const std::string dir = args->get("model", cli::default_model_dir(argv[-1]).string());
-
-  auto model = Model<Cpu>::load(dir);
-  if (!model) return cli::fail("generate", model.error());
-  const int64_t needed = static_cast<int64_t>(prompt->size()) + *n;
-  auto context = args->get_int("context", std::min<int64_t>(needed, model->config().max_position_embeddings));
-  if (!context) return cli::fail("generate", context.error());
-  auto session = model->new_session({.context = *context, .backend = {.threads = static_cast<int>(*threads)}});
-  if (!session) return cli::fail("generate", session.error());
-
-  std::vector<int32_t> generated;
-  auto logits = session->append(*prompt);
-  for (int64_t i = 0; i < *n; ++i) {
-    if (!logits) return cli::fail("generate", logits.error());
-    const auto row = logits->last();
-    const int32_t next = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
-    generated.push_back(next);
-    if (i + 1 < *n) logits = session->append({next});
-  }
-  std::string line;
-  for (size_t i = 0; i < generated.size(); ++i) line += (i ? "," : "") + std::to_string(generated[i]);
-  std::printf("%s\n", line.c_str());
-  return 0;
+  const std::string backend = args->get("backend", "cpu");
+  if (backend == "cuda") return cli::run_generate_cuda(*args, cli::program_path(argv));
+  if (backend != "cpu") return cli::fail("generate", Error(Errc::invalid_argument, "--backend must be cpu or cuda"));
+  return cli::run_generate<Cpu>(*args, cli::program_path(argv));
 }

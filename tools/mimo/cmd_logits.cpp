@@ -25,7 +25,7 @@ int cmd_logits(int argc, char** argv) {
   if (!step) return cli::fail("logits", step.error());
   auto threads = args->get_int("threads", 0);
   if (!threads) return cli::fail("logits", threads.error());
-  const std::string dir = args->get("model", cli::default_model_dir(argv[-1]).string());
+  const std::string dir = args->get("model", cli::default_model_dir(cli::program_path(argv)).string());
 
   auto model = Model<Cpu>::load(dir);
   if (!model) return cli::fail("logits", model.error());

@@ -16,7 +16,8 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"generate", cmd_generate, "generate tokens from a prompt"},
+    {"generate", cmd_generate, "generate text or tokens from a prompt"},
+    {"chat", cmd_chat, "an interactive conversation, reasoning and answer shown apart"},
     {"logits", cmd_logits, "write the logits of a token sequence (main model or an MTP step)"},
     {"tokenize", cmd_tokenize, "print the token ids of text"},
     {"synth", cmd_synth, "write a random-weight checkpoint of a preset shape"},
@@ -31,10 +32,10 @@ void usage() {
 
 namespace mimo::cli {
 
-std::filesystem::path default_model_dir(const char* argv0) {
+std::filesystem::path default_model_dir(const char* program) {
   std::error_code ec;
   const auto exe = std::filesystem::canonical(std::filesystem::path("/proc/self/exe"), ec);
-  const auto base = ec ? std::filesystem::absolute(argv0, ec).parent_path() : exe.parent_path();
+  const auto base = ec ? std::filesystem::absolute(program, ec).parent_path() : exe.parent_path();
   const auto installed = base / ".." / "share" / "mimo" / "default-model";
   if (std::filesystem::exists(installed / "config.json", ec)) return installed;
 #ifdef MIMO_BUILD_DEFAULT_MODEL_DIR

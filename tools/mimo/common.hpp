@@ -1,0 +1,101 @@
+// Pieces the mimo subcommands share: model, tokenizer and session options from the command line,
+// sampler options, statistics on stderr. Templates over the backend, so the CUDA build of the
+// tool runs the same commands.
+#pragma once
+
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <set>
+#include <string>
+
+#include <unistd.h>
+
+#include <mimo/generate.hpp>
+#include <mimo/mimo.hpp>
+#include <mimo/sampler.hpp>
+#include <mimo/tokenizer.hpp>
+
+#include "args.hpp"
+#include "commands.hpp"
+
+namespace mimo::cli {
+
+// Options every model-running command accepts.
+inline std::set<std::string> model_options() { return {"model", "threads", "context", "backend", "tokenizer"}; }
+inline std::set<std::string> sampling_options() {
+  return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
+}
+
+// Where the model is: --model, or the embedded default model.
+inline std::string model_dir(const Args& args, const char* argv0) {
+  return args.get("model", default_model_dir(argv0).string());
+}
+
+// The tokenizer: --tokenizer, else the checkpoint's tokenizer.json when it has one.
+inline Expected<std::optional<Tokenizer>> load_tokenizer(const Args& args, const std::string& model) {
+  std::error_code ec;
+  if (args.has("tokenizer")) {
+    auto t = Tokenizer::load(args.get("tokenizer"));
+    if (!t) return std::move(t).error();
+    return std::optional<Tokenizer>(std::move(*t));
+  }
+  if (!std::filesystem::exists(std::filesystem::path(model) / "tokenizer.json", ec)) return std::optional<Tokenizer>();
+  auto t = Tokenizer::load(model);
+  if (!t) return std::move(t).error();
+  return std::optional<Tokenizer>(std::move(*t));
+}
+
+// --greedy, or --temp/--top-k/--top-p/--min-p/--repeat-penalty/--seed. The defaults are MiMo's
+// recommended temperature 0.6 and top-p 0.95.
+inline Expected<SamplerOptions> sampler_options(const Args& args) {
+  SamplerOptions o{.temperature = 0.6f, .top_p = 0.95f};
+  auto temp = args.get_double("temp", o.temperature);
+  auto top_k = args.get_int("top-k", 0);
+  auto top_p = args.get_double("top-p", o.top_p);
+  auto min_p = args.get_double("min-p", 0.0);
+  auto repeat = args.get_double("repeat-penalty", 1.0);
+  auto seed = args.get_int("seed", 0);
+  for (const Error* e : {temp ? nullptr : &temp.error(), top_k ? nullptr : &top_k.error(),
+                         top_p ? nullptr : &top_p.error(), min_p ? nullptr : &min_p.error(),
+                         repeat ? nullptr : &repeat.error(), seed ? nullptr : &seed.error()}) {
+    if (e) return *e;
+  }
+  o.temperature = static_cast<float>(*temp);
+  o.top_k = static_cast<int32_t>(*top_k);
+  o.top_p = static_cast<float>(*top_p);
+  o.min_p = static_cast<float>(*min_p);
+  o.repeat_penalty = static_cast<float>(*repeat);
+  o.seed = static_cast<uint64_t>(*seed);
+  o.greedy = args.flag("greedy");
+  return o;
+}
+
+// The backend's execution options from the command line (specialised per backend).
+template <class B>
+Expected<typename B::ContextOptions> context_options(const Args& args);
+
+template <>
+inline Expected<Cpu::ContextOptions> context_options<Cpu>(const Args& args) {
+  auto threads = args.get_int("threads", 0);
+  if (!threads) return std::move(threads).error();
+  if (*threads < 0 || *threads > 1024) return Error(Errc::invalid_argument, "--threads must be in [0, 1024]");
+  return Cpu::ContextOptions{.threads = static_cast<int>(*threads)};
+}
+
+inline void print_stats(const GenerationStats& s) {
+  std::fprintf(stderr, "prompt: %lld tokens in %.2f s (%.1f tokens/s); first token after %.2f s\n",
+               static_cast<long long>(s.prompt_tokens), s.prefill_seconds, s.prefill_tokens_per_second(),
+               s.time_to_first_token);
+  std::fprintf(stderr, "generated: %lld tokens, %.2f tokens/s\n", static_cast<long long>(s.generated_tokens),
+               s.decode_tokens_per_second());
+  if (s.speculative.drafted > 0) {
+    std::fprintf(stderr, "speculative: drafted %lld, accepted %lld (%.1f%%), %.2f tokens per main-model pass\n",
+                 static_cast<long long>(s.speculative.drafted), static_cast<long long>(s.speculative.accepted),
+                 100.0 * s.speculative.acceptance_rate(), s.speculative.tokens_per_pass());
+  }
+}
+
+inline bool stdout_is_terminal() { return ::isatty(STDOUT_FILENO) != 0; }
+
+}  // namespace mimo::cli
