@@ -78,34 +78,46 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     }
   }
 
+  // Warp w takes keys begin + w, begin + w + 4, ... in increasing order, U of them per iteration
+  // so that their loads are in flight together.
+  constexpr int U = DPL <= 4 ? 4 : 2;
   const float* K = a.kv.keys + kvh * cap * D;
   const float* V = a.kv.values + kvh * cap * D;
-  for (int64_t j = begin + warp; j < end; j += kDecodeWarps) {
-    float kj[DPL], vj[DPL];
+  for (int64_t j0 = begin + warp; j0 < end; j0 += kDecodeWarps * U) {
+    float kj[U][DPL], vj[U][DPL];
 #pragma unroll
-    for (int c = 0; c < DPL; ++c) {
-      const int64_t d = lane + 32 * c;
-      kj[c] = d < D ? K[j * D + d] : 0.0f;
-      vj[c] = d < D ? V[j * D + d] : 0.0f;
+    for (int u = 0; u < U; ++u) {
+      const int64_t j = j0 + u * kDecodeWarps;
+#pragma unroll
+      for (int c = 0; c < DPL; ++c) {
+        const int64_t d = lane + 32 * c;
+        const bool in = j < end && d < D;
+        kj[u][c] = in ? K[j * D + d] : 0.0f;
+        vj[u][c] = in ? V[j * D + d] : 0.0f;
+      }
     }
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      if (g >= ng) break;  // uniform over the block
-      float dot = 0.0f;
+    for (int u = 0; u < U; ++u) {
+      if (j0 + u * kDecodeWarps >= end) break;  // uniform over the warp
 #pragma unroll
-      for (int c = 0; c < DPL; ++c) dot = fmaf(q[g][c], kj[c], dot);
-      const float s = warp_sum(dot) * a.scale;  // every lane holds the same score
-      if (s > m[g]) {
-        const float corr = expf(m[g] - s);  // 0 for the first key (m = -inf)
-        l[g] *= corr;
+      for (int g = 0; g < G; ++g) {
+        if (g >= ng) break;  // uniform over the block
+        float dot = 0.0f;
 #pragma unroll
-        for (int c = 0; c < DPL; ++c) acc[g][c] *= corr;
-        m[g] = s;
+        for (int c = 0; c < DPL; ++c) dot = fmaf(q[g][c], kj[u][c], dot);
+        const float s = warp_sum(dot) * a.scale;  // every lane holds the same score
+        if (s > m[g]) {
+          const float corr = expf(m[g] - s);  // 0 for the first key (m = -inf)
+          l[g] *= corr;
+#pragma unroll
+          for (int c = 0; c < DPL; ++c) acc[g][c] *= corr;
+          m[g] = s;
+        }
+        const float p = expf(s - m[g]);
+        l[g] += p;
+#pragma unroll
+        for (int c = 0; c < DPL; ++c) acc[g][c] = fmaf(p, vj[u][c], acc[g][c]);
       }
-      const float p = expf(s - m[g]);
-      l[g] += p;
-#pragma unroll
-      for (int c = 0; c < DPL; ++c) acc[g][c] = fmaf(p, vj[c], acc[g][c]);
     }
   }
 

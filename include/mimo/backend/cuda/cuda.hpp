@@ -492,26 +492,19 @@ struct Cuda {
       if (!same_device(c, *o.weight, "linear")) return;
     }
     if (x.count == 0 || ops.empty()) return;
-    if (x.count <= c.options.gemv_max_rows) {
-      for (size_t first = 0; first < ops.size(); first += cuda::kMaxGemvJobs) {
-        cuda::GemvBatch batch{};
-        batch.count = static_cast<int>(std::min<size_t>(cuda::kMaxGemvJobs, ops.size() - first));
-        for (int j = 0; j < batch.count; ++j) {
-          const LinearOp& o = ops[first + static_cast<size_t>(j)];
-          batch.jobs[j] = cuda::GemvJob{o.weight->data.data(), o.weight->rows, o.bias ? o.bias->data() : nullptr,
-                                        o.out.data, o.out.stride, o.accumulate ? 1 : 0};
-          note(c, {code(cuda::detail::OpCode::gemv), cuda::detail::addr(batch.jobs[j].weight), o.weight->rows,
-                   cuda::detail::addr(batch.jobs[j].bias), cuda::detail::addr(o.out.data), o.out.stride, batch.jobs[j].accumulate});
-        }
-        note_rows(c, x);
-        if (c.mode == Mode::dry) continue;
-        if (!launched(c, cuda::launch::gemv(c.stream, batch, x.data, x.stride, static_cast<int>(x.count), x.width), "linear (GEMV)")) {
-          return;
-        }
-      }
-      return;
+    if (x.count <= c.options.gemv_max_rows) return gemv(c, x, ops);
+    // cuBLASLt: one plan per product; a shape it has no algorithm for (odd leading dimensions)
+    // runs on the GEMV kernel in chunks of rows instead.
+    std::vector<const cuda::GemmPlan*> plans;
+    for (const LinearOp& o : ops) {
+      const cuda::GemmShape shape{o.weight->rows, x.count, x.width, o.out.stride, cuda::alignment_of(o.weight->data.data()),
+                                  256, cuda::alignment_of(o.out.data)};
+      Error ignored(Errc::backend, {});
+      const cuda::GemmPlan* plan = c.plans.get(c.lt.get(), shape, c.workspace.bytes(), ignored);
+      if (!plan) return gemv_chunks(c, x, ops);
+      plans.push_back(plan);
     }
-    // cuBLASLt: the input rows as bf16 (hi, and lo for split_bf16), then one or two products per op.
+    // The input rows as bf16 (hi, and lo for split_bf16), then one or two products per op.
     const bool split = c.options.precision == GemmPrecision::split_bf16;
     const uint64_t elems = static_cast<uint64_t>(x.count) * x.width;
     if (!scratch(c, c.gemm_hi, elems, "product input (bf16)")) return;
@@ -522,12 +515,9 @@ struct Cuda {
     if (c.mode != Mode::dry && !launched(c, cuda::launch::split_bf16(c.stream, x, c.gemm_hi.data(), lo), "linear (bf16 inputs)")) {
       return;
     }
-    for (const LinearOp& o : ops) {
-      const cuda::GemmShape shape{o.weight->rows, x.count, x.width, o.out.stride, cuda::alignment_of(o.weight->data.data()),
-                                  cuda::alignment_of(c.gemm_hi.data()), cuda::alignment_of(o.out.data)};
-      Error error(Errc::backend, {});
-      const cuda::GemmPlan* plan = c.plans.get(c.lt.get(), shape, c.workspace.bytes(), error);
-      if (!plan) return fail(c, std::move(error));
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const LinearOp& o = ops[i];
+      const cuda::GemmPlan* plan = plans[i];
       note(c, {code(cuda::detail::OpCode::gemm), cuda::detail::addr(o.weight->data.data()), o.weight->rows, o.weight->cols,
                cuda::detail::addr(o.out.data), o.out.stride, o.accumulate ? 1 : 0, cuda::detail::addr(plan)});
       const float* bias = o.bias ? o.bias->data() : nullptr;
@@ -799,6 +789,37 @@ struct Cuda {
     return false;
   }
 
+  // The products of `ops` over at most kMaxGemvRows rows with the GEMV kernel, four per launch.
+  static void gemv(Context& c, const Rows& x, std::span<const LinearOp> ops) {
+    for (size_t first = 0; first < ops.size(); first += cuda::kMaxGemvJobs) {
+      cuda::GemvBatch batch{};
+      batch.count = static_cast<int>(std::min<size_t>(cuda::kMaxGemvJobs, ops.size() - first));
+      for (int j = 0; j < batch.count; ++j) {
+        const LinearOp& o = ops[first + static_cast<size_t>(j)];
+        batch.jobs[j] = cuda::GemvJob{o.weight->data.data(), o.weight->rows, o.bias ? o.bias->data() : nullptr, o.out.data,
+                                      o.out.stride, o.accumulate ? 1 : 0};
+        note(c, {code(cuda::detail::OpCode::gemv), cuda::detail::addr(batch.jobs[j].weight), o.weight->rows,
+                 cuda::detail::addr(batch.jobs[j].bias), cuda::detail::addr(o.out.data), o.out.stride, batch.jobs[j].accumulate});
+      }
+      note_rows(c, x);
+      if (c.mode == Mode::dry) continue;
+      if (!launched(c, cuda::launch::gemv(c.stream, batch, x.data, x.stride, static_cast<int>(x.count), x.width), "linear (GEMV)")) {
+        return;
+      }
+    }
+  }
+
+  // The same over any number of rows, kMaxGemvRows at a time.
+  static void gemv_chunks(Context& c, const Rows& x, std::span<const LinearOp> ops) {
+    std::vector<LinearOp> part(ops.begin(), ops.end());
+    for (int64_t r0 = 0; r0 < x.count; r0 += cuda::kMaxGemvRows) {
+      const int64_t m = std::min<int64_t>(cuda::kMaxGemvRows, x.count - r0);
+      for (size_t i = 0; i < ops.size(); ++i) part[i].out = ops[i].out.slice(r0, m);
+      gemv(c, x.slice(r0, m), part);
+      if (c.failed) return;
+    }
+  }
+
   static bool same_device(Context& c, const Linear& w, const char* what) {
     if (w.device == c.device) return true;
     invalid(c, std::string(what) + ": the weights are on device " + std::to_string(w.device) + ", the context on device " +
@@ -839,13 +860,13 @@ struct Cuda {
   }
 
   // Split-K configuration for keys up to `needed`. Every split has the same length, fixed per
-  // context (128 keys, more when the capacity needs over kMaxSplits splits), so a key always falls
+  // context (64 keys, more when the capacity needs over kMaxSplits splits), so a key always falls
   // in the same split whatever the number of rows: a row's result does not depend on how many
   // rows were verified with it (speculative decoding reproduces plain decoding bit for bit). The
   // number of splits covers the key range rounded up to a power of two (at least 256, at most the
   // capacity), so consecutive decode steps share one graph.
   static std::pair<int64_t, int64_t> decode_splits(const Context& c, int64_t needed) {
-    int64_t split_len = std::max<int64_t>(128, (c.capacity + cuda::kMaxSplits - 1) / cuda::kMaxSplits);
+    int64_t split_len = std::max<int64_t>(64, (c.capacity + cuda::kMaxSplits - 1) / cuda::kMaxSplits);
     split_len = (split_len + 31) / 32 * 32;
     int64_t range = 256;
     while (range < needed) range *= 2;

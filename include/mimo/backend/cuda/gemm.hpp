@@ -57,11 +57,30 @@ struct GemmPlan {
 class GemmPlans {
  public:
   // The plan of a shape, created on first use. Null with `error` set when cuBLASLt has no
-  // algorithm for it or refuses a descriptor.
+  // algorithm for it or refuses a descriptor (remembered: the heuristic is asked once per shape).
   const GemmPlan* get(cublasLtHandle_t handle, const GemmShape& s, uint64_t workspace_bytes, Error& error) {
     for (const auto& p : plans_) {
       if (p->shape == s) return p.get();
     }
+    for (const auto& f : failed_) {
+      if (f == s) {
+        error = Error(Errc::backend, "cuBLASLt: no algorithm for this product shape");
+        return nullptr;
+      }
+    }
+    Error first(Errc::backend, {});
+    const GemmPlan* plan = create(handle, s, workspace_bytes, first);
+    if (!plan) {
+      failed_.push_back(s);
+      error = std::move(first);
+    }
+    return plan;
+  }
+
+  size_t size() const { return plans_.size(); }
+
+ private:
+  const GemmPlan* create(cublasLtHandle_t handle, const GemmShape& s, uint64_t workspace_bytes, Error& error) {
     auto plan = std::make_unique<GemmPlan>();
     plan->shape = s;
     const std::string what = "product " + std::to_string(s.n) + "x" + std::to_string(s.k) + " by " +
@@ -123,10 +142,8 @@ class GemmPlans {
     return plans_.back().get();
   }
 
-  size_t size() const { return plans_.size(); }
-
- private:
   std::vector<std::unique_ptr<GemmPlan>> plans_;  // few shapes per model: a linear search is enough
+  std::vector<GemmShape> failed_;                 // shapes without an algorithm (asked once)
 };
 
 // D = alpha * op(A) B + beta * D with the plan's algorithm (C is D: in place).

@@ -63,7 +63,8 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvBatch b, const f
   }
 
   if constexpr (VEC) {
-#pragma unroll 2
+    constexpr int kUnroll = R <= 2 ? 4 : 2;  // iterations whose loads are in flight together
+#pragma unroll kUnroll
     for (int64_t k = static_cast<int64_t>(lane) * 8; k < cols; k += 32 * 8) {
       float xv[R][8];
 #pragma unroll

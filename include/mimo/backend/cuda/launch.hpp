@@ -61,7 +61,7 @@ struct AttentionArgs {
 inline constexpr int64_t kMaxHeadDim = 256;  // the attention kernels' limit (even head_dim only)
 inline constexpr int kDecodeMaxGroup = 8;    // query heads per block of the split-K kernel
 inline constexpr int kMaxDecodeRows = 8;     // rows of the split-K decode kernel
-inline constexpr int kMaxSplits = 128;       // key splits of the split-K decode kernel
+inline constexpr int kMaxSplits = 256;       // key splits of the split-K decode kernel
 
 namespace launch {
 
