@@ -2,8 +2,12 @@
 // 15 GB checkpoint costs page cache, not heap.
 //
 // What remains unprotected: a file truncated by another process after it was mapped makes reads
-// past the new end fault (SIGBUS on POSIX). Sizes are validated when the file is opened, and the
-// loader's `preload` option reads every page once at load time, while a loading screen shows.
+// past the new end fault (SIGBUS on POSIX; Windows refuses to truncate a mapped file). Sizes are
+// validated when the file is opened; the descriptor stays open so that size_unchanged() can ask
+// whether the mapped file (the same inode, even if its path was renamed over) has shrunk since,
+// and the loader checks it before and after its `preload` pass reads every page once. A file
+// truncated after that, while the model is in use, still faults: no library can prevent it
+// without a process-wide signal handler, which this one will not install.
 #pragma once
 
 #include <cstddef>
@@ -112,7 +116,7 @@ class MappedFile {
       if (huge_pages) ::madvise(p, m.size_, MADV_HUGEPAGE);
 #endif
     }
-    ::close(fd);
+    m.fd_ = fd;
 #endif
     (void)huge_pages;
     return m;
@@ -158,6 +162,22 @@ class MappedFile {
 
   const std::byte* data() const { return data_; }
   uint64_t size() const { return size_; }
+
+  // Ok while the mapped file is still at least as long as when it was mapped; an Errc::io error
+  // naming the file when it has shrunk (reading the lost pages would raise SIGBUS).
+  Status size_unchanged() const {
+#if !defined(_WIN32)
+    if (fd_ < 0) return ok();
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) return Error(Errc::io, path_ + ": cannot read size");
+    if (static_cast<uint64_t>(st.st_size) < size_) {
+      return Error(Errc::io, path_ + ": file shrank from " + std::to_string(size_) + " to " +
+                                 std::to_string(static_cast<uint64_t>(st.st_size)) +
+                                 " bytes after it was mapped (was it replaced in place while loading?)");
+    }
+#endif
+    return ok();
+  }
   const std::string& path() const { return path_; }
 
   // Hints that [offset, offset + length) will be read soon (starts read-ahead).
@@ -183,6 +203,10 @@ class MappedFile {
       ::munmap(const_cast<std::byte*>(data_), size_);
 #endif
     }
+#if !defined(_WIN32)
+    if (fd_ >= 0) ::close(fd_);
+#endif
+    fd_ = -1;
     data_ = nullptr;
     size_ = 0;
   }
@@ -190,11 +214,13 @@ class MappedFile {
     std::swap(data_, o.data_);
     std::swap(size_, o.size_);
     std::swap(path_, o.path_);
+    std::swap(fd_, o.fd_);
   }
 
   const std::byte* data_ = nullptr;
   uint64_t size_ = 0;
   std::string path_;
+  int fd_ = -1;  // POSIX: kept open for size_unchanged()
 };
 
 }  // namespace mimo::detail

@@ -20,6 +20,55 @@
 
 namespace mimo {
 
+namespace io {
+
+// model.safetensors.index.json: which shard file holds each tensor.
+struct SafetensorsIndex {
+  // Shard file name -> the tensors the index places there, in the order listed.
+  std::map<std::string, std::vector<std::string>, std::less<>> shards;
+};
+
+// Parses the text of an index. Shard names must be plain file names (no directory part, no
+// control characters); at most limits.max_tensors entries and limits.max_files shards.
+// `where` names the file in errors.
+inline Expected<SafetensorsIndex> parse_safetensors_index(const simdjson::padded_string& text, const std::string& where,
+                                                          const SafetensorsLimits& limits = {}) {
+  simdjson::dom::parser parser;
+  auto root = parse_object(parser, text, where);
+  if (!root) return std::move(root).error();
+  auto weight_map = root->get_object("weight_map");
+  if (!weight_map) return std::move(weight_map).error();
+  SafetensorsIndex index;
+  uint64_t entries = 0;
+  for (auto [name, value] : weight_map->raw()) {
+    if (++entries > limits.max_tensors) {
+      return Error(Errc::invalid_checkpoint, where + ": weight_map has more than " +
+                                                 std::to_string(limits.max_tensors) + " entries");
+    }
+    std::string_view shard;
+    if (value.get(shard) != simdjson::SUCCESS) {
+      return Error(Errc::invalid_checkpoint, where + ": weight_map entry '" + std::string(name) + "' is not a file name");
+    }
+    const bool control = std::any_of(shard.begin(), shard.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
+    if (shard.empty() || control || shard.find('/') != std::string_view::npos ||
+        shard.find('\\') != std::string_view::npos || shard == "." || shard == "..") {
+      return Error(Errc::invalid_checkpoint, where + ": shard name '" + std::string(shard) + "' is not a plain file name");
+    }
+    auto it = index.shards.find(shard);
+    if (it == index.shards.end()) {
+      if (index.shards.size() >= limits.max_files) {
+        return Error(Errc::invalid_checkpoint, where + ": weight_map names more than " +
+                                                   std::to_string(limits.max_files) + " shard files");
+      }
+      it = index.shards.emplace(std::string(shard), std::vector<std::string>{}).first;
+    }
+    it->second.emplace_back(name);
+  }
+  return index;
+}
+
+}  // namespace io
+
 // A tensor used in place from a mapped file. Valid while its Checkpoint lives.
 struct TensorView {
   const io::TensorInfo* info = nullptr;
@@ -99,6 +148,10 @@ class Checkpoint {
   Status add_file(const std::filesystem::path& path, const io::SafetensorsLimits& limits) {
     auto f = io::SafetensorsFile::open(path, limits, huge_pages_);
     if (!f) return std::move(f).error();
+    if (f->header().tensors.size() > limits.max_tensors - std::min<uint64_t>(index_.size(), limits.max_tensors)) {
+      return Error(Errc::invalid_checkpoint, path.string() + ": the checkpoint's files hold more than " +
+                                                 std::to_string(limits.max_tensors) + " tensors in all");
+    }
     files_.push_back(std::make_unique<io::SafetensorsFile>(std::move(*f)));
     const size_t file_index = files_.size() - 1;
     for (const auto& t : files_.back()->header().tensors) {
@@ -128,30 +181,11 @@ inline Expected<Checkpoint> Checkpoint::open(const std::filesystem::path& dir, c
   const auto index_path = dir / "model.safetensors.index.json";
   const auto single_path = dir / "model.safetensors";
   if (std::filesystem::exists(index_path, ec)) {
-    auto text = io::read_padded(index_path, 64u << 20);
+    auto text = io::read_padded(index_path, limits.max_index_bytes);
     if (!text) return std::move(text).error();
-    simdjson::dom::parser parser;
-    auto root = io::parse_object(parser, *text, index_path.string());
-    if (!root) return std::move(root).error();
-    auto weight_map = root->get_object("weight_map");
-    if (!weight_map) return std::move(weight_map).error();
-
-    // Shard names must be plain file names inside the checkpoint directory.
-    std::map<std::string, std::vector<std::string>, std::less<>> shards;
-    for (auto [name, value] : weight_map->raw()) {
-      std::string_view shard;
-      if (value.get(shard) != simdjson::SUCCESS) {
-        return Error(Errc::invalid_checkpoint,
-                     index_path.string() + ": weight_map entry '" + std::string(name) + "' is not a file name");
-      }
-      if (shard.empty() || shard.find('/') != std::string_view::npos || shard.find('\\') != std::string_view::npos ||
-          shard == "." || shard == "..") {
-        return Error(Errc::invalid_checkpoint,
-                     index_path.string() + ": shard name '" + std::string(shard) + "' is not a plain file name");
-      }
-      shards[std::string(shard)].emplace_back(name);
-    }
-    for (const auto& [shard, names] : shards) {
+    auto index = io::parse_safetensors_index(*text, index_path.string(), limits);
+    if (!index) return std::move(index).error();
+    for (const auto& [shard, names] : index->shards) {
       const auto shard_path = dir / shard;
       if (!std::filesystem::exists(shard_path, ec)) {
         return Error(Errc::io, shard_path.string() + ": shard listed in " + index_path.filename().string() +
@@ -199,6 +233,8 @@ Status Checkpoint::preload(bool huge_pages, Progress&& progress) {
   };
   bool remap_helps = huge_pages;
   for (auto& file : files_) {
+    // A file cut short since it was opened would fault on its lost pages: refuse it instead.
+    if (auto s = file->mapping().size_unchanged(); !s) return s;
     if (auto s = touch(*file, true); !s) return s;
     if (remap_helps && file->file_size() >= (64ull << 20) &&
         file->mapping().huge_mapped_bytes() < file->file_size() / 2) {

@@ -144,8 +144,9 @@ class JsonObject {
     if (e.get(i) == simdjson::SUCCESS) return i;
     uint64_t u;
     if (e.get(u) == simdjson::SUCCESS) return bad(key, "integer " + std::to_string(u) + " is too large");
-    double d;  // accept 5.0 but not 5.5
-    if (e.get(d) == simdjson::SUCCESS && d == static_cast<double>(static_cast<int64_t>(d)) && d > -9.0e18 && d < 9.0e18)
+    double d;  // accept 5.0 but not 5.5; the range is checked before the conversion, which is
+               // undefined for a double outside int64_t (8e42 in a hostile file)
+    if (e.get(d) == simdjson::SUCCESS && d > -9.0e18 && d < 9.0e18 && d == static_cast<double>(static_cast<int64_t>(d)))
       return static_cast<int64_t>(d);
     return bad(key, "expected an integer, found " + type_name(e));
   }

@@ -21,10 +21,13 @@
 
 namespace mimo::io {
 
+// Limits checked before anything is allocated for what a file declares.
 struct SafetensorsLimits {
   uint64_t max_header_bytes = 100ull << 20;  // the reference implementation's limit
-  uint64_t max_tensors = 1u << 20;
+  uint64_t max_tensors = 1u << 20;           // per file, and entries of an index's weight_map
   int max_rank = 8;
+  uint64_t max_index_bytes = 64ull << 20;    // model.safetensors.index.json
+  uint64_t max_files = 4096;                 // shards an index may name
 };
 
 struct TensorInfo {
