@@ -177,8 +177,9 @@ struct Cuda {
     cuda::DeviceBuffer<unsigned char> params;
     cuda::PinnedBuffer<unsigned char> params_host;
     cuda::EventHandle params_copied;
-    std::vector<int64_t> previous_signature;
+    std::vector<std::vector<int64_t>> recent;  // signatures run eagerly lately (captured when seen again)
     struct Graph {
+      uint64_t hash = 0;
       std::vector<int64_t> signature;
       cuda::GraphExecHandle exec;
       uint64_t used = 0;
@@ -587,7 +588,8 @@ struct Cuda {
     const auto* len = static_cast<const int64_t*>(dev);
     cuda::AttentionArgs a{kv.layer(layer), len, q, out, s.num_heads,
                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)))};
-    note(c, {code(cuda::detail::OpCode::kv_store), cuda::detail::addr(a.kv.keys), cuda::detail::addr(len)});
+    note(c, {code(cuda::detail::OpCode::kv_store), cuda::detail::addr(a.kv.keys), cuda::detail::addr(a.kv.values), kv.kv_heads,
+             kv.head_dim, kv.capacity, cuda::detail::addr(len)});
     note_rows(c, k);
     note_rows(c, v);
     if (c.mode != Mode::dry && !launched(c, cuda::launch::kv_store(c.stream, a.kv, len, k, v), "attention (store keys)")) return;
@@ -683,7 +685,7 @@ struct Cuda {
       if (auto s = c.argmax_host.allocate(n, "argmax results"); !s) return fail(c, std::move(s).error());
     }
     c.argmax_rows = x.count;
-    note(c, {code(cuda::detail::OpCode::argmax), cuda::detail::addr(c.argmax.data())});
+    note(c, {code(cuda::detail::OpCode::argmax), cuda::detail::addr(c.argmax.data()), cuda::detail::addr(c.argmax_host.data())});
     note_rows(c, x);
     if (c.mode == Mode::dry) return;
     if (!launched(c, cuda::launch::argmax_rows(c.stream, x, c.argmax.data()), "argmax")) return;
@@ -708,10 +710,11 @@ struct Cuda {
   // --- graphs ---
 
   // Runs `body(ctx) -> Status`, which enqueues the ops of one forward pass, as a CUDA graph when
-  // it can. The first call records the ops without running them (a dry run), then runs them
-  // eagerly; when a later call records the same ops (same buffers and shapes; token ids,
-  // positions and KV lengths may differ), they are captured into a graph, and from then on each
-  // such call replays the graph after one copy of its per-call data. `body` may therefore be
+  // it can. Each call first records the ops without running them (a dry run). The first time a
+  // sequence of ops is seen it then runs eagerly; when a later call (among the next few) records
+  // the same ops (same buffers and shapes; token ids, positions and KV lengths may differ), they
+  // are captured into a graph, and from then on each such call replays the graph after one copy
+  // of its per-call data. `body` may therefore be
   // called up to three times per forward: it must only enqueue ops (no to_host, no growing of
   // buffers) and have no other side effects. A body that fails (cancellation) has run nothing.
   // Without options.graphs, body runs once, eagerly.
@@ -728,17 +731,20 @@ struct Cuda {
     if (!s) return s;
     if (c.failed) return synchronize(c);
     if (!overflow) {
+      const uint64_t hash = hash_of(signature);
       for (Context::Graph& g : c.graphs) {
-        if (g.signature == signature) return launch_graph(c, g, vars);
+        if (g.hash == hash && g.signature == signature) return launch_graph(c, g, vars);
       }
       const bool known_bad = std::find(c.uncapturable.begin(), c.uncapturable.end(), signature) != c.uncapturable.end();
-      if (signature == c.previous_signature && !known_bad) {
-        c.previous_signature.clear();
+      const auto seen = std::find(c.recent.begin(), c.recent.end(), signature);
+      if (seen != c.recent.end() && !known_bad) {
+        c.recent.erase(seen);
         bool launched_graph = false;
-        if (auto st = capture(c, body, signature, vars, launched_graph); !st) return st;
+        if (auto st = capture(c, body, hash, signature, vars, launched_graph); !st) return st;
         if (launched_graph) return ok();
-      } else {
-        c.previous_signature = std::move(signature);
+      } else if (!known_bad) {
+        if (c.recent.size() >= 8) c.recent.erase(c.recent.begin());
+        c.recent.push_back(std::move(signature));
       }
     }
     return body(c);
@@ -851,6 +857,12 @@ struct Cuda {
     note(c, {cuda::detail::addr(r.data), r.count, r.width, r.stride});
   }
 
+  static uint64_t hash_of(const std::vector<int64_t>& v) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int64_t x : v) h = (h ^ static_cast<uint64_t>(x)) * 0x100000001b3ull;
+    return h;
+  }
+
   static void begin_recording(Context& c, Mode mode) {
     c.mode = mode;
     c.signature.clear();
@@ -944,8 +956,8 @@ struct Cuda {
   // Captures body into a graph and launches it. `launched_graph` stays false when capture is not
   // possible (the caller then runs body eagerly); the signature is then not tried again.
   template <class Body>
-  static Status capture(Context& c, Body& body, const std::vector<int64_t>& signature, const std::vector<unsigned char>& vars,
-                        bool& launched_graph) {
+  static Status capture(Context& c, Body& body, uint64_t hash, const std::vector<int64_t>& signature,
+                        const std::vector<unsigned char>& vars, bool& launched_graph) {
     auto give_up = [&] {
       (void)cudaGetLastError();
       c.failed = false;  // failures seen only under capture; the eager run reports real ones
@@ -975,7 +987,7 @@ struct Cuda {
                                      [](const Context::Graph& a, const Context::Graph& b) { return a.used < b.used; });
       c.graphs.erase(oldest);
     }
-    c.graphs.push_back(Context::Graph{signature, cuda::GraphExecHandle(exec), 0});
+    c.graphs.push_back(Context::Graph{hash, signature, cuda::GraphExecHandle(exec), 0});
     ++c.graph_captures;
     launched_graph = true;
     return launch_graph(c, c.graphs.back(), vars);
