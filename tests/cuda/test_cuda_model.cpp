@@ -208,15 +208,15 @@ TEST_CASE("cuda vs cpu on generated shapes: logits, MTP logits, greedy") {
     mimo::ModelConfig config;
     int shards;
     mimo::DType dtype;
-    double tolerance;  // max |logit difference|
+    double tolerance;  // max |logit difference| (BF16), normalised squared error (F16)
   };
   std::vector<Shape> shapes = {
       {"head_dim 16, GQA 2", test::small_config(512, 64, 2, 4, 2, 16, 96, 1), 1, mimo::DType::bf16, 2e-2},
       {"head_dim 64, MQA, two MTP layers", test::small_config(300, 256, 2, 4, 1, 64, 320, 2), 1, mimo::DType::bf16, 2e-2},
       {"head_dim 128, no grouping, 3 shards", test::small_config(256, 256, 3, 2, 2, 128, 200, 1), 3, mimo::DType::bf16, 2e-2},
       {"8 heads over 1, odd sizes", test::small_config(301, 96, 2, 8, 1, 12, 130, 3), 1, mimo::DType::bf16, 2e-2},
-      // F16 weights are rounded to bf16 on the GPU (the CPU uses them as stored): a looser bound.
-      {"F16 checkpoint", test::small_config(256, 64, 2, 4, 2, 16, 96, 1), 2, mimo::DType::f16, 0.25},
+      // F16 weights are rounded to bf16 on the GPU (the CPU uses them as stored): a relative bound.
+      {"F16 checkpoint", test::small_config(256, 64, 2, 4, 2, 16, 96, 1), 2, mimo::DType::f16, 1e-3},
   };
   test::TempDir dir;
   for (size_t i = 0; i < shapes.size(); ++i) {
@@ -244,9 +244,11 @@ TEST_CASE("cuda vs cpu on generated shapes: logits, MTP logits, greedy") {
         agree += test::argmax(std::span<const float>(got).subspan(static_cast<size_t>(r * V), static_cast<size_t>(V))) ==
                  test::argmax(std::span<const float>(expected).subspan(static_cast<size_t>(r * V), static_cast<size_t>(V)));
       }
-      MESSAGE(sh.name, ": max |gpu - cpu| = ", worst, ", argmax equal at ", agree, " of ", lg->rows);
-      CHECK(worst <= sh.tolerance);
-      CHECK(static_cast<double>(agree) >= 0.99 * static_cast<double>(lg->rows) - (sh.dtype == mimo::DType::bf16 ? 0.0 : 2.0));
+      const bool bf16 = sh.dtype == mimo::DType::bf16;
+      MESSAGE(sh.name, ": max |gpu - cpu| = ", worst, ", nmse ", cuda_test::nmse(got, expected), ", argmax equal at ", agree,
+              " of ", lg->rows);
+      CHECK((bf16 ? worst : cuda_test::nmse(got, expected)) <= sh.tolerance);
+      CHECK(static_cast<double>(agree) >= (bf16 ? 0.99 : 0.9) * static_cast<double>(lg->rows));
       // Every MTP step over the prompt's positions (step k combines token x_{t+1+k}).
       for (int step = 0; step < sh.config.num_nextn_predict_layers; ++step) {
         CAPTURE(step);
@@ -266,7 +268,7 @@ TEST_CASE("cuda vs cpu on generated shapes: logits, MTP logits, greedy") {
         const std::vector<float> mtp_got(mg->data, mg->data + mg->rows * V);
         const double mtp_worst = cuda_test::max_abs_diff(mtp_got, mtp_expected);
         MESSAGE(sh.name, ": MTP step ", step, " max |gpu - cpu| = ", mtp_worst);
-        CHECK(mtp_worst <= sh.tolerance);
+        CHECK((bf16 ? mtp_worst : cuda_test::nmse(mtp_got, mtp_expected)) <= sh.tolerance);
       }
     }
     if (sh.dtype == mimo::DType::bf16) {
