@@ -278,6 +278,17 @@ struct Cuda {
     if (capacity < 1) return Error(Errc::invalid_argument, "CUDA context: capacity must be positive");
     cuda::DeviceScope scope(o.device);
     if (auto s = cuda::check(scope.status(), "select device " + std::to_string(o.device)); !s) return std::move(s).error();
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, o.device) != cudaSuccess || major < 8) {
+      (void)cudaGetLastError();
+      return Error(Errc::unsupported, "CUDA backend: device " + std::to_string(o.device) +
+                                          " has compute capability below 8.0 (bf16 needs Ampere or newer)");
+    }
+    if (const cudaError_t e = cuda::launch::probe_kernels(); e != cudaSuccess) {
+      (void)cudaGetLastError();
+      return Error(Errc::unsupported, "CUDA backend: the kernels were not compiled for device " + std::to_string(o.device) +
+                                          " (" + cudaGetErrorString(e) + "); add its architecture to CMAKE_CUDA_ARCHITECTURES");
+    }
 
     Context c;
     c.options = o;

@@ -59,6 +59,11 @@ __global__ void silu_mul_kernel(Rows gate, Rows up) {
 
 namespace launch {
 
+cudaError_t probe_kernels() {
+  cudaFuncAttributes attributes{};
+  return cudaFuncGetAttributes(&attributes, kernels::add_bias_kernel);
+}
+
 cudaError_t convert_to_bf16(cudaStream_t stream, const void* src, StoredType type, uint16_t* dst, int64_t n) {
   if (n <= 0) return cudaSuccess;
   kernels::convert_to_bf16_kernel<<<kernels::grid_for(n, 256), 256, 0, stream>>>(src, static_cast<int>(type), dst, n);

@@ -65,6 +65,10 @@ inline constexpr int kMaxSplits = 256;       // key splits of the split-K decode
 
 namespace launch {
 
+// cudaSuccess when the kernels were compiled for the current device (CUDA_ARCHITECTURES), else
+// the error the first launch would report (cudaErrorNoKernelImageForDevice).
+cudaError_t probe_kernels();
+
 // dst[i] = bf16(src[i]) for i < n; src is f32 or f16 in device memory.
 cudaError_t convert_to_bf16(cudaStream_t stream, const void* src, StoredType type, uint16_t* dst, int64_t n);
 
