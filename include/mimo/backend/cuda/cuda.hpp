@@ -725,10 +725,10 @@ struct Cuda {
   // sequence of ops is seen it then runs eagerly; when a later call (among the next few) records
   // the same ops (same buffers and shapes; token ids, positions and KV lengths may differ), they
   // are captured into a graph, and from then on each such call replays the graph after one copy
-  // of its per-call data. `body` may therefore be
-  // called up to three times per forward: it must only enqueue ops (no to_host, no growing of
-  // buffers) and have no other side effects. A body that fails (cancellation) has run nothing.
-  // Without options.graphs, body runs once, eagerly.
+  // of its per-call data. `body` may therefore be called up to three times per forward: it must
+  // only enqueue ops (no to_host, no growing of buffers) and have no other side effects. A body
+  // that fails in its dry run (cancellation) has run nothing. Without options.graphs, body runs
+  // once, eagerly.
   template <class Body>
   static Status forward(Context& c, Body&& body) {
     if (!c.options.graphs || c.mode != Mode::eager) return body(c);
