@@ -99,3 +99,17 @@ TEST_CASE("cli: tokenize, synth and logits") {
   auto preset = run_mimo("synth --preset 13b --out " + (dir / "x").string());
   CHECK(preset.status == 1);
 }
+
+TEST_CASE("cli: bench prints its table") {
+  auto r = run_mimo("bench --prompt 16 --gen 8 --repeat 1 --threads 1");
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  for (const char* row : {"| prefill (16 tokens) |", "| decode (8 tokens, MTP depth 0) |", "| weights read per token |",
+                          "| measured read bandwidth |", "| fraction of bandwidth |", "| peak resident memory |",
+                          "| logits hash |"}) {
+    CHECK_MESSAGE(r.out.find(row) != std::string::npos, "missing row ", row);
+  }
+  // The same model and prompt give the same logits hash in another run.
+  auto again = run_mimo("bench --prompt 16 --gen 8 --repeat 1 --threads 2");
+  const auto hash = [](const std::string& s) { return s.substr(s.find("| logits hash |")); };
+  CHECK(hash(again.out) == hash(r.out));
+}

@@ -21,6 +21,7 @@ constexpr Command kCommands[] = {
     {"logits", cmd_logits, "write the logits of a token sequence (main model or an MTP step)"},
     {"tokenize", cmd_tokenize, "print the token ids of text"},
     {"synth", cmd_synth, "write a random-weight checkpoint of a preset shape"},
+    {"bench", cmd_bench, "measure prefill and decode speed against the memory bandwidth"},
 };
 
 void usage() {

@@ -1,0 +1,140 @@
+// mimo bench --model DIR [--prompt 512] [--gen 64] [--threads N] [--mtp-depth D] [--repeat R]
+//
+// Prefill and decode speed on the CPU (medians over repetitions), the bytes of weights one
+// decoding step reads, the bandwidth that achieves and its fraction of the read bandwidth
+// measured in the same run, peak resident memory, and a hash of the logits so that two runs (or
+// two builds) can be compared.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <mimo/backend/cpu/bandwidth.hpp>
+#include <mimo/generate.hpp>
+#include <mimo/mimo.hpp>
+
+#include "args.hpp"
+#include "commands.hpp"
+
+namespace {
+
+using namespace mimo;
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Bytes of weights one decoding step reads: every product's matrix, one embedding row, norms.
+uint64_t decode_weight_bytes(const Model<Cpu>& model) {
+  const Checkpoint& ck = model.checkpoint();
+  const ModelConfig& c = model.config();
+  uint64_t bytes = 0;
+  for (const auto& file : ck.files()) {
+    for (const auto& t : file->header().tensors) {
+      if (t.name.rfind("model.mtp_layers.", 0) == 0) continue;
+      if (t.name == "model.embed_tokens.weight") {
+        bytes += (t.end - t.begin) / static_cast<uint64_t>(c.vocab_size);
+        if (c.tie_word_embeddings) bytes += t.end - t.begin;
+        continue;
+      }
+      bytes += t.end - t.begin;
+    }
+  }
+  return bytes;
+}
+
+uint64_t fnv1a(const float* data, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  const auto* p = reinterpret_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n * sizeof(float); ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+double peak_rss_gib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context"}, {});
+  if (!args) return cli::fail("bench", args.error());
+  auto prompt_n = args->get_int("prompt", 512);
+  auto gen_n = args->get_int("gen", 64);
+  auto threads = args->get_int("threads", 0);
+  auto depth = args->get_int("mtp-depth", 0);
+  auto repeat = args->get_int("repeat", 3);
+  for (const Error* e : {prompt_n ? nullptr : &prompt_n.error(), gen_n ? nullptr : &gen_n.error(),
+                         threads ? nullptr : &threads.error(), depth ? nullptr : &depth.error(),
+                         repeat ? nullptr : &repeat.error()}) {
+    if (e) return cli::fail("bench", *e);
+  }
+  if (*prompt_n < 1 || *gen_n < 1 || *repeat < 1) {
+    return cli::fail("bench", Error(Errc::invalid_argument, "--prompt, --gen and --repeat must be at least 1"));
+  }
+  const std::string dir = args->get("model", cli::default_model_dir(cli::program_path(argv)).string());
+
+  auto pool = cpu::ThreadPool::create(static_cast<int>(*threads));
+  if (!pool) return cli::fail("bench", pool.error());
+  const auto load_start = Clock::now();
+  auto model = Model<Cpu>::load(dir);
+  if (!model) return cli::fail("bench", model.error());
+  const double load_seconds = std::chrono::duration<double>(Clock::now() - load_start).count();
+  auto bandwidth = cpu::measure_read_bandwidth(**pool);
+  if (!bandwidth) return cli::fail("bench", bandwidth.error());
+
+  const int64_t context = *prompt_n + *gen_n + 8;
+  auto session = model->new_session({.context = context, .backend = {.pool = *pool}});
+  if (!session) return cli::fail("bench", session.error());
+  std::mt19937 rng(1234);
+  std::vector<int32_t> prompt(static_cast<size_t>(*prompt_n));
+  for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(std::min<int64_t>(model->config().vocab_size, 151643)));
+
+  std::vector<double> prefill_rates, decode_rates;
+  uint64_t logits_hash = 0;
+  GenerationStats last_stats;
+  for (int64_t r = 0; r < *repeat; ++r) {
+    if (auto s = session->truncate(0); !s) return cli::fail("bench", s.error());
+    auto sampler = Sampler::create({.greedy = true}, static_cast<int32_t>(model->config().vocab_size));
+    if (!sampler) return cli::fail("bench", sampler.error());
+    auto g = generate(*session, prompt, *sampler,
+                      {.max_tokens = *gen_n, .default_stop_tokens = false, .mtp_depth = static_cast<int>(*depth),
+                       .commit_last = false});
+    if (!g) return cli::fail("bench", g.error());
+    prefill_rates.push_back(g->stats.prefill_tokens_per_second());
+    decode_rates.push_back(g->stats.decode_tokens_per_second());
+    const auto last = session->logits().last();
+    logits_hash = fnv1a(last.data(), last.size());
+    last_stats = g->stats;
+  }
+  const uint64_t bytes = decode_weight_bytes(*model);
+  const double decode = median(decode_rates);
+  const double achieved = static_cast<double>(bytes) * decode / 1e9;
+  std::printf("| model | %s |\n|---|---|\n", dir.c_str());
+  std::printf("| threads | %d |\n", (*pool)->size());
+  std::printf("| load | %.2f s |\n", load_seconds);
+  std::printf("| prefill (%lld tokens) | %.2f tokens/s |\n", static_cast<long long>(*prompt_n), median(prefill_rates));
+  std::printf("| decode (%lld tokens, MTP depth %lld) | %.2f tokens/s |\n", static_cast<long long>(*gen_n),
+              static_cast<long long>(*depth), decode);
+  std::printf("| weights read per token | %.3f GB |\n", static_cast<double>(bytes) / 1e9);
+  std::printf("| achieved | %.1f GB/s |\n", achieved);
+  std::printf("| measured read bandwidth | %.1f GB/s |\n", *bandwidth);
+  std::printf("| fraction of bandwidth | %.0f%% |\n", 100.0 * achieved / *bandwidth);
+  if (*depth > 0) {
+    std::printf("| drafted / accepted | %lld / %lld (%.2f tokens per pass) |\n",
+                static_cast<long long>(last_stats.speculative.drafted), static_cast<long long>(last_stats.speculative.accepted),
+                last_stats.speculative.tokens_per_pass());
+  }
+  std::printf("| peak resident memory | %.2f GiB |\n", peak_rss_gib());
+  std::printf("| logits hash | %016llx |\n", static_cast<unsigned long long>(logits_hash));
+  std::printf("| repetitions | %lld (medians) |\n", static_cast<long long>(*repeat));
+  return 0;
+}
