@@ -165,7 +165,7 @@ Expected<Session<B>> Model<B>::new_session(const SessionOptions<B>& o) const {
   auto ctx = B::make_context(o.backend, attention_shape(c), s.capacity_, max_cols);
   if (!ctx) return std::move(ctx).error();
   s.ctx_ = std::move(*ctx);
-  if (auto st = B::make_kv_cache(s.kv_, c.num_hidden_layers, attention_shape(c), s.capacity_); !st) {
+  if (auto st = B::make_kv_cache(s.ctx_, s.kv_, c.num_hidden_layers, attention_shape(c), s.capacity_); !st) {
     return std::move(st).error();
   }
   if (auto st = s.act_.allocate(s.batch_, c); !st) return std::move(st).error();

@@ -175,7 +175,7 @@ class Session {
   Status ensure_mtp(size_t step) {
     if (step >= mtp_.size()) mtp_.resize(step + 1);
     if (mtp_[step].allocated) return ok();
-    if (auto s = B::make_kv_cache(mtp_[step].kv, 1, attention_shape(model_.config()), capacity_); !s) return s;
+    if (auto s = B::make_kv_cache(ctx_, mtp_[step].kv, 1, attention_shape(model_.config()), capacity_); !s) return s;
     mtp_[step].allocated = true;
     return ok();
   }

@@ -11,7 +11,9 @@
 
 #include "mimo/backend/backend.hpp"
 #include "mimo/detail/aligned_buffer.hpp"
+#include "mimo/backend/cpu/attention.hpp"
 #include "mimo/backend/cpu/isa.hpp"
+#include "mimo/backend/cpu/kv_cache.hpp"
 #include "mimo/backend/cpu/linear.hpp"
 #include "mimo/backend/cpu/matvec.hpp"
 #include "mimo/backend/cpu/ops.hpp"
@@ -29,6 +31,7 @@ struct Cpu {
     int threads = 0;                         // threads of a pool the session creates (0: hardware threads)
     std::shared_ptr<cpu::ThreadPool> pool{}; // or a pool shared with other sessions (threads is then ignored)
     cpu::Isa isa = cpu::detect_isa();        // kernels to use; lower it to force a fallback
+    cpu::KvType kv_cache = cpu::KvType::f32; // element type of the KV caches
   };
 
   using Linear = cpu::WeightMatrix;
@@ -36,7 +39,7 @@ struct Cpu {
     std::vector<float> values;  // empty: absent (no bias)
     const float* data() const { return values.empty() ? nullptr : values.data(); }
   };
-  using KvCache = cpu::KvStorage;
+  using KvCache = cpu::KvCache;
   using Buffer = mimo::detail::AlignedBuffer<float>;
 
   struct Context {
@@ -46,6 +49,7 @@ struct Cpu {
     Buffer attention_scratch;  // threads * group * capacity
     int64_t attention_stride = 0;
     std::vector<float> rope_table;
+    cpu::KvType kv_type = cpu::KvType::f32;
   };
 
   struct LinearOp {
@@ -81,6 +85,7 @@ struct Cpu {
       c.pool = std::move(*pool);
     }
     c.isa = cpu::isa_supported(o.isa) ? o.isa : cpu::detect_isa();
+    c.kv_type = o.kv_cache;
     if (auto s = c.panels.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
     c.attention_stride = shape.num_heads / shape.num_kv_heads * capacity;
     if (auto s = c.attention_scratch.reserve(static_cast<uint64_t>(c.pool->size()) * c.attention_stride,
@@ -91,40 +96,24 @@ struct Cpu {
   }
 
   // Options for another context that shares this one's threads (a copied session).
-  static ContextOptions shared_context_options(const Context& c) { return ContextOptions{0, c.pool, c.isa}; }
+  static ContextOptions shared_context_options(const Context& c) {
+    return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .kv_cache = c.kv_type};
+  }
 
-  static Status make_kv_cache(KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
+  static Status make_kv_cache(Context&, KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
     return kv.allocate(layers, s.num_kv_heads, s.head_dim, capacity);
   }
   static Status copy_kv_cache(KvCache& dst, const KvCache& src, int64_t length) { return dst.copy_from(src, length); }
 
   // --- saved state: KV entries [0, length) of every layer and head, keys then values ---
 
-  static uint32_t kv_format(const KvCache&) { return 1; }  // fp32
+  static uint32_t kv_format(const KvCache&) { return static_cast<uint32_t>(cpu::KvType::f32); }
   static uint64_t kv_bytes_layers(const KvCache& kv, int64_t layers, int64_t length) {
-    return 2ull * static_cast<uint64_t>(layers) * kv.kv_heads * length * kv.head_dim * sizeof(float);
+    return cpu::kv_state_bytes(layers, kv.kv_heads, kv.head_dim, length);
   }
   static uint64_t kv_bytes(const KvCache& kv, int64_t length) { return kv_bytes_layers(kv, kv.layers, length); }
-  static Status kv_save(const KvCache& kv, int64_t length, mimo::detail::ByteWriter& w) {
-    const size_t bytes = static_cast<size_t>(length * kv.head_dim) * sizeof(float);
-    for (int64_t l = 0; l < kv.layers; ++l) {
-      for (int64_t h = 0; h < kv.kv_heads; ++h) {
-        if (auto s = w.write(kv.key(l, h, 0), bytes); !s) return s;
-        if (auto s = w.write(kv.value(l, h, 0), bytes); !s) return s;
-      }
-    }
-    return ok();
-  }
-  static Status kv_load(KvCache& kv, int64_t length, mimo::detail::ByteReader& r) {
-    const size_t bytes = static_cast<size_t>(length * kv.head_dim) * sizeof(float);
-    for (int64_t l = 0; l < kv.layers; ++l) {
-      for (int64_t h = 0; h < kv.kv_heads; ++h) {
-        if (auto s = r.read(kv.key(l, h, 0), bytes, "keys"); !s) return s;
-        if (auto s = r.read(kv.value(l, h, 0), bytes, "values"); !s) return s;
-      }
-    }
-    return ok();
-  }
+  static Status kv_save(const KvCache& kv, int64_t length, mimo::detail::ByteWriter& w) { return cpu::kv_save(kv, length, w); }
+  static Status kv_load(KvCache& kv, int64_t length, mimo::detail::ByteReader& r) { return cpu::kv_load(kv, length, r); }
   static Status rows_save(const Rows& rows, mimo::detail::ByteWriter& w) {
     for (int64_t i = 0; i < rows.count; ++i) {
       if (auto s = w.write(rows.row(i), static_cast<size_t>(rows.width) * sizeof(float)); !s) return s;

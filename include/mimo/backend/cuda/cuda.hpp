@@ -341,6 +341,9 @@ struct Cuda {
     return o;
   }
 
+  static Status make_kv_cache(Context&, KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
+    return make_kv_cache(kv, layers, s, capacity);
+  }
   static Status make_kv_cache(KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
     const uint64_t n = static_cast<uint64_t>(layers) * s.num_kv_heads * capacity * s.head_dim;
     if (auto st = kv.keys.reserve(n, "KV cache keys"); !st) return st;
