@@ -47,10 +47,6 @@ if(MIMO_INSTALL)
   install(FILES ${CMAKE_CURRENT_LIST_DIR}/mimoCudaKernels.cmake DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/mimo)
 endif()
 
-if(NOT MIMO_BUILD_TESTS AND NOT MIMO_BUILD_BENCHMARKS)
-  return()
-endif()
-
 # Warnings of the backend's own targets: every warning an error (MIMO_CUDA_WERROR) for nvcc and
 # the host compiler alike.
 # The project's host warnings (mimo_warnings) apply to host sources only: forwarded through nvcc,
@@ -64,7 +60,8 @@ if(MIMO_CUDA_WERROR)
     $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror>)
 endif()
 
-# The kernels, compiled once (nvcc is slow) and linked into every CUDA test and the benchmark.
+# The kernels, compiled once (nvcc is slow) and linked into the tool, every CUDA test and the
+# benchmark.
 # Host code in this TU is built without exceptions, as game engines build.
 set(_mimo_cuda_kernels_source ${CMAKE_CURRENT_BINARY_DIR}/mimo_cuda_kernels.cu)
 file(CONFIGURE OUTPUT ${_mimo_cuda_kernels_source}
@@ -73,11 +70,28 @@ add_library(mimo_cuda_kernels OBJECT ${_mimo_cuda_kernels_source})
 target_link_libraries(mimo_cuda_kernels PUBLIC mimo_cuda PRIVATE mimo_cuda_warnings)
 target_compile_options(mimo_cuda_kernels PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-fno-exceptions>)
 
-# Everything of the CUDA backend that this build makes (what tests/gpu/check.sh builds).
-add_custom_target(mimo_cuda_all)
-if(MIMO_BUILD_TESTS)
-  add_subdirectory(${PROJECT_SOURCE_DIR}/tests/cuda ${PROJECT_BINARY_DIR}/tests/cuda)
+# The project's own CUDA programs: called from the top-level CMakeLists.txt once the tools and
+# tests exist (the language is enabled above, before any of them is declared).
+function(mimo_cuda_project_targets)
+  # The mimo tool gets --backend cuda (tools/mimo/backend_cuda.cpp).
+  if(TARGET mimo_cli)
+    target_link_libraries(mimo_cli PRIVATE mimo_cuda_kernels)
+    set_target_properties(mimo_cli PROPERTIES CUDA_RUNTIME_LIBRARY Shared)
+    target_compile_definitions(mimo_cli PRIVATE MIMO_CLI_HAS_CUDA=1)
+  endif()
+  # Everything of the CUDA backend that this build makes (what tests/gpu/check.sh builds).
+  add_custom_target(mimo_cuda_all)
+  if(MIMO_BUILD_TESTS)
+    add_subdirectory(${PROJECT_SOURCE_DIR}/tests/cuda ${PROJECT_BINARY_DIR}/tests/cuda)
+  endif()
+  if(MIMO_BUILD_BENCHMARKS)
+    add_subdirectory(${PROJECT_SOURCE_DIR}/benchmarks/cuda ${PROJECT_BINARY_DIR}/benchmarks/cuda)
+  endif()
+endfunction()
+
+if(NOT MIMO_BUILD_TESTS AND NOT MIMO_BUILD_BENCHMARKS)
+  return()
 endif()
-if(MIMO_BUILD_BENCHMARKS)
-  add_subdirectory(${PROJECT_SOURCE_DIR}/benchmarks/cuda ${PROJECT_BINARY_DIR}/benchmarks/cuda)
-endif()
+
+
+

@@ -135,7 +135,7 @@ struct Contexts {
   mimo::Cpu::Context cpu;
   mimo::Cuda::Context gpu;
   Contexts(const mimo::AttentionShape& shape, int64_t capacity, mimo::Cuda::ContextOptions options = {}) {
-    auto c = mimo::Cpu::make_context({}, shape, capacity, 4096);
+    auto c = mimo::Cpu::make_context({.kv_cache = mimo::cpu::KvType::f32}, shape, capacity, 4096);
     REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().describe()));
     cpu = std::move(*c);
     auto g = mimo::Cuda::make_context(options, shape, capacity, 4096);

@@ -233,7 +233,7 @@ TEST_CASE("cuda ops: attention, split-K and tiled kernels, grouped heads, after 
       Contexts ctx(s, capacity, {.decode_attention_max_rows = decode_rows});
       Cpu::KvCache ckv;
       Cuda::KvCache gkv;
-      cuda_test::require_ok(Cpu::make_kv_cache(ckv, 2, s, capacity));
+      cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 2, s, capacity));
       cuda_test::require_ok(Cuda::make_kv_cache(gkv, 2, s, capacity));
       const int64_t qw = sh.heads * sh.head_dim, kw = sh.kv_heads * sh.head_dim;
       int64_t length = 0;
@@ -325,8 +325,8 @@ TEST_CASE("cuda ops: saved KV caches move between the backends") {
   Contexts ctx(s, 64);
   Cpu::KvCache ckv, back;
   Cuda::KvCache gkv, copy;
-  cuda_test::require_ok(Cpu::make_kv_cache(ckv, 3, s, 64));
-  cuda_test::require_ok(Cpu::make_kv_cache(back, 3, s, 64));
+  cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 3, s, 64));
+  cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, back, 3, s, 64));
   cuda_test::require_ok(Cuda::make_kv_cache(gkv, 3, s, 64));
   const int64_t n = 20;
   const auto q = random_values(static_cast<size_t>(n * 64), 1), k = random_values(static_cast<size_t>(n * 32), 2),

@@ -22,7 +22,7 @@
 namespace mimo::cli {
 
 // Options every model-running command accepts.
-inline std::set<std::string> model_options() { return {"model", "threads", "context", "backend", "tokenizer"}; }
+inline std::set<std::string> model_options() { return {"model", "threads", "context", "backend", "tokenizer", "device"}; }
 inline std::set<std::string> sampling_options() {
   return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
 }
