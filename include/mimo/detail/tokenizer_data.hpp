@@ -35,6 +35,9 @@ struct TokenizerLimits {
   static constexpr int64_t max_token_id = (1 << 21) - 1;
   static constexpr size_t max_token_bytes = 1u << 16;
   static constexpr size_t max_text_bytes = 1ull << 30;  // one encode call
+  // Everything but model.vocab and model.merges (added tokens, pre-tokenizer, ...), which is
+  // parsed into a DOM costing about 13 times its size: a few KB in real files.
+  static constexpr size_t max_other_json_bytes = 16u << 20;
 };
 
 namespace detail {

@@ -413,6 +413,11 @@ inline Status read_merges(simdjson::ondemand::value value, TokenizerData& data, 
   return ok();
 }
 
+inline Error other_fields_too_large(const std::string& where) {
+  return Error(Errc::out_of_memory, where + ": the fields other than model.vocab and model.merges exceed " +
+                                        std::to_string(TokenizerLimits::max_other_json_bytes) + " bytes");
+}
+
 // The on-demand pass: reads model.vocab and model.merges, and returns every other field as a
 // small JSON document {"key": value, ..., "model": {...}} for the DOM checks.
 inline Expected<std::string> read_large_fields(const simdjson::padded_string& json, TokenizerData& data,
@@ -440,6 +445,8 @@ inline Expected<std::string> read_large_fields(const simdjson::padded_string& js
     if (key_text != "model") {
       std::string_view raw;
       if (auto error = raw_json_of(value).get(raw)) return json_error(source + "." + key_text, error);
+      if (raw.size() > TokenizerLimits::max_other_json_bytes || rest.size() > TokenizerLimits::max_other_json_bytes - raw.size())
+        return other_fields_too_large(source + "." + key_text);
       rest += raw;
       continue;
     }
@@ -471,6 +478,9 @@ inline Expected<std::string> read_large_fields(const simdjson::padded_string& js
       if (model_rest.size() > 1) model_rest += ',';
       append_json_string(model_rest, model_key_text);
       model_rest += ':';
+      if (raw.size() > TokenizerLimits::max_other_json_bytes ||
+          model_rest.size() > TokenizerLimits::max_other_json_bytes - raw.size())
+        return other_fields_too_large(where + "." + model_key_text);
       model_rest += raw;
     }
     if (!have_vocab) return Error(Errc::invalid_checkpoint, where + ": missing key 'vocab'");
