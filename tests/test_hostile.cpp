@@ -120,14 +120,14 @@ TEST_CASE("hostile: a safetensors header length of 2^63 (and 2^64-1) is refused 
 
 TEST_CASE("hostile: 10^9 tensors declared") {
   // A file really large enough to hold a header that lists 10^9 tensors (~64 GB, sparse): its
-  // header length is refused by the 100 MiB header limit before a byte of it is read.
+  // header length is refused by the 16 MiB header limit before a byte of it is read.
   test::TempDir dir;
   const uint64_t header_len = 64'000'000'000ull;
   write_sparse(dir / "model.safetensors", seeds::safetensors_file("{\"t0\":", 0, header_len), header_len + 8);
   {
     Budget budget(1.0, 16 * kMiB);
     expect_error(mimo::io::SafetensorsFile::open(dir / "model.safetensors"), mimo::Errc::parse,
-                 {"header length 64000000000", "exceeds the limit of 104857600"});
+                 {"header length 64000000000", "exceeds the limit of 16777216"});
   }
   // Within the header limit, the tensor-count limit stops the parser while it counts, before it
   // stores the entry past the limit (shown with 20,000 entries and a limit of 1,000).
@@ -159,6 +159,21 @@ TEST_CASE("hostile: 10^9 tensors declared") {
     expect_error(mimo::Checkpoint::open(dir.path(), {.max_files = 10}), mimo::Errc::invalid_checkpoint,
                  {"model.safetensors.index.json", "more than 10 shard files"});
   }
+}
+
+TEST_CASE("hostile: the largest header the default limits accept costs bounded memory") {
+  // Just under 16 MiB of the densest JSON there is ([1,1,1,...]): the parse itself takes about 13
+  // bytes per byte of header, and then the entry is refused. (At the reference implementation's
+  // 100 MB limit this costs 1.2 GiB, which is why the default limit is lower.)
+  std::string header = "{\"a\":[";
+  header.reserve(16 * kMiB);
+  while (header.size() < 16 * kMiB - 16) header += "1,";
+  header += "1]}";
+  const std::string file = seeds::safetensors_file(header, 0);
+  header.clear();
+  header.shrink_to_fit();
+  Budget budget(30.0, 320 * kMiB);
+  expect_error(parse(file), mimo::Errc::parse, {"tensor 'a'", "entry is not an object"});
 }
 
 TEST_CASE("hostile: a tensor whose shape product overflows 64 bits") {
@@ -238,6 +253,23 @@ TEST_CASE("hostile: a tokenizer.json with a merge referring to unknown tokens") 
                mimo::Errc::invalid_checkpoint, {"merges[5]", "expected \"left right\""});
   expect_error(mimo::Tokenizer::from_json(seeds::small_tokenizer_json(false, R"(["h"])")),
                mimo::Errc::invalid_checkpoint, {"merges[5]", "two strings"});
+}
+
+TEST_CASE("hostile: a tokenizer.json padded with tens of megabytes of other fields") {
+  // Only model.vocab and model.merges are read on demand; the other fields are parsed into a DOM
+  // (about 13 bytes per byte), so their total is limited (a 150 MB field cost 2.2 GiB before).
+  std::string junk = "\"junk\":[";
+  junk.reserve(24 * kMiB);
+  while (junk.size() < 24 * kMiB) junk += "1,";
+  junk += "1],";
+  std::string json = seeds::small_tokenizer_json(false);
+  json.insert(1, junk);
+  junk.clear();
+  junk.shrink_to_fit();
+  // The copy of the input and simdjson's structural index (4 bytes per input byte) remain.
+  Budget budget(30.0, 200 * kMiB);
+  expect_error(mimo::Tokenizer::from_json(json), mimo::Errc::out_of_memory,
+               {"tokenizer.json.junk", "fields other than model.vocab and model.merges exceed"});
 }
 
 TEST_CASE("hostile: token ids and counts a tokenizer.json cannot have") {
