@@ -257,25 +257,24 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
     for (int64_t i = 0; i < m; ++i) positions_[i] = pos0 + i;
     Activations<B>& a = act_.with_rows(m);
     const Rows chunk_hidden{chunk_hidden_buf_.data(), m, c.hidden_size, c.hidden_size};
-    B::embed(ctx_, w.embed_tokens, tokens.subspan(first, m), a.x);
-    if (auto st = main_stack<B>(ctx_, c, w, kv_, pos0, positions_, a, chunk_hidden, options.cancel); !st) {
-      tokens_.resize(static_cast<size_t>(start));  // drop earlier chunks too: the session is unchanged
-      logits_rows_ = 0;
-      return std::move(st).error();
-    }
     // Keep the requested hidden rows and compute the requested logits of this chunk.
     const int64_t keep_from = n - hidden_rows, logits_from = n - logit_rows;
     const int64_t h0 = std::max(first, keep_from), h1 = first + m;
-    if (h0 < h1) B::copy_rows(ctx_, chunk_hidden.slice(h0 - first, h1 - h0), hidden_.slice(h0 - keep_from, h1 - h0));
     const int64_t l0 = std::max(first, logits_from), l1 = first + m;
-    if (l0 < l1) {
-      const Rows out{logits_dev->data, l1 - l0, c.vocab_size, c.vocab_size};
-      B::linear(ctx_, chunk_hidden.slice(l0 - first, l1 - l0), {{&w.lm_head, nullptr, out}});
-      if (auto st = B::to_host(ctx_, out, logits_host_.data() + (l0 - logits_from) * c.vocab_size); !st) {
-        tokens_.resize(static_cast<size_t>(start));
-        logits_rows_ = 0;
-        return std::move(st).error();
-      }
+    const Rows out{logits_dev->data, std::max<int64_t>(l1 - l0, 0), c.vocab_size, c.vocab_size};
+    // One forward pass, enqueued as a unit (a GPU backend may replay it as a graph).
+    Status st = B::forward(ctx_, [&](typename B::Context& x) -> Status {
+      B::embed(x, w.embed_tokens, tokens.subspan(first, m), a.x);
+      if (auto s = main_stack<B>(x, c, w, kv_, pos0, positions_, a, chunk_hidden, options.cancel); !s) return s;
+      if (h0 < h1) B::copy_rows(x, chunk_hidden.slice(h0 - first, h1 - h0), hidden_.slice(h0 - keep_from, h1 - h0));
+      if (l0 < l1) B::linear(x, chunk_hidden.slice(l0 - first, l1 - l0), {{&w.lm_head, nullptr, out}});
+      return ok();
+    });
+    if (st && l0 < l1) st = B::to_host(ctx_, out, logits_host_.data() + (l0 - logits_from) * c.vocab_size);
+    if (!st) {
+      tokens_.resize(static_cast<size_t>(start));  // drop earlier chunks too: the session is unchanged
+      logits_rows_ = 0;
+      return std::move(st).error();
     }
     tokens_.insert(tokens_.end(), tokens.begin() + first, tokens.begin() + first + m);
   }
@@ -334,26 +333,29 @@ Expected<Logits> Session<B>::mtp_forward(const MtpBatch& b, const std::atomic<bo
 
   auto prev = B::rows(gather_buf_, n, c.hidden_size, "MTP inputs");
   if (!prev) return std::move(prev).error();
-  B::gather_rows(ctx_, source, b.source_rows, *prev);
   auto out = B::rows(st.output_buf, n, c.hidden_size, "MTP outputs");
   if (!out) return std::move(out).error();
+  const int64_t logit_rows = b.logits == OutputRows::all ? n : b.logits == OutputRows::last ? std::min<int64_t>(n, 1) : 0;
+  mtp_logits_rows_ = 0;
+  if (auto s = mtp_logits_buf_.reserve(static_cast<uint64_t>(std::max<int64_t>(logit_rows, 1)) * c.vocab_size, "MTP logits");
+      !s) {
+    return std::move(s).error();
+  }
+  auto logits_dev = B::rows(logits_dev_buf_, std::max<int64_t>(logit_rows, 1), c.vocab_size, "logits");
+  if (!logits_dev) return std::move(logits_dev).error();
+  logits_dev->count = logit_rows;
   const MtpWeights<B>& layer = w.mtp_layers[static_cast<size_t>(std::min(b.step, K - 1))];
-  mtp_layer<B>(ctx_, c, w, layer, st.kv, length, *prev, b.tokens, b.positions, act_.with_rows(n), *out);
+  Status done = B::forward(ctx_, [&](typename B::Context& x) -> Status {
+    B::gather_rows(x, source, b.source_rows, *prev);
+    mtp_layer<B>(x, c, w, layer, st.kv, length, *prev, b.tokens, b.positions, act_.with_rows(n), *out);
+    if (logit_rows > 0) B::linear(x, out->slice(n - logit_rows, logit_rows), {{&w.lm_head, nullptr, *logits_dev}});
+    return ok();
+  });
+  if (done && logit_rows > 0) done = B::to_host(ctx_, *logits_dev, mtp_logits_buf_.data());
+  if (!done) return std::move(done).error();
   st.output = *out;
   st.positions.insert(st.positions.end(), b.positions.begin(), b.positions.end());
   st.combined.insert(st.combined.end(), b.tokens.begin(), b.tokens.end());
-
-  const int64_t logit_rows = b.logits == OutputRows::all ? n : b.logits == OutputRows::last ? std::min<int64_t>(n, 1) : 0;
-  mtp_logits_rows_ = 0;
-  if (logit_rows > 0) {
-    if (auto s = mtp_logits_buf_.reserve(static_cast<uint64_t>(logit_rows) * c.vocab_size, "MTP logits"); !s) {
-      return std::move(s).error();
-    }
-    auto logits_dev = B::rows(logits_dev_buf_, logit_rows, c.vocab_size, "logits");
-    if (!logits_dev) return std::move(logits_dev).error();
-    B::linear(ctx_, out->slice(n - logit_rows, logit_rows), {{&w.lm_head, nullptr, *logits_dev}});
-    if (auto s = B::to_host(ctx_, *logits_dev, mtp_logits_buf_.data()); !s) return std::move(s).error();
-  }
   mtp_logits_rows_ = logit_rows;
   return mtp_logits();
 }

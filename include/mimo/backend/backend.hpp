@@ -24,6 +24,10 @@
 //     make_kv_cache(KvCache&, layers, AttentionShape, capacity) -> Status
 //     copy_kv_cache(KvCache& dst, const KvCache& src, length) -> Status
 //     rows(Buffer&, count, width, what) -> Expected<Rows>        (grows the buffer when needed)
+//   forward(ctx, body) -> Status               runs body(ctx), which enqueues the ops of one forward
+//                                               pass and nothing else (no to_host, no buffer growth,
+//                                               no side effects: a GPU backend may run it up to three
+//                                               times to capture and replay it as a graph)
 //   ops (enqueued in order on the context; a GPU backend reports asynchronous failures at to_host)
 //     embed(ctx, table, tokens (host), out)           out[i] = table[tokens[i]]
 //     rms_norm(ctx, x, weight, eps, out)              out = weight * x / sqrt(mean(x^2) + eps); out may alias x

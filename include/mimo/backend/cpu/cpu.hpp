@@ -182,6 +182,12 @@ struct Cpu {
     }
   }
 
+  // Runs the ops of one forward pass (a GPU backend may capture and replay them as a graph).
+  template <class Body>
+  static Status forward(Context& c, Body&& body) {
+    return body(c);
+  }
+
   // Copies rows to host memory (the same memory here: a copy only when the places differ).
   static Status to_host(Context&, const Rows& src, float* dst) {
     for (int64_t i = 0; i < src.count; ++i) {
