@@ -4,6 +4,7 @@
 #include <mimo/generate.hpp>
 #include <mimo/mimo.hpp>
 #include <mimo/mtp_drafter.hpp>
+#include <mimo/quantize.hpp>
 #include <mimo/sampler.hpp>
 #include <mimo/speculative.hpp>
 #include <mimo/synth.hpp>

@@ -1,83 +1,156 @@
-// CPU kernels against plain scalar references, for every instruction set this machine can run,
-// over sizes that are and are not multiples of the SIMD width, and misaligned pointers.
+// CPU kernels against plain scalar references, for every instruction set this machine can run
+// (each lower level forced in turn), over sizes that are and are not multiples of the SIMD width,
+// and misaligned pointers: decode products (float and quantized weights), prefill products
+// (exact and bf16), row widening, and the invariant speculative decoding relies on: a row's
+// output does not depend on how many rows are computed together.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cmath>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include <mimo/backend/cpu/linear.hpp>
 #include <mimo/backend/cpu/matvec.hpp>
 #include <mimo/backend/cpu/thread_pool.hpp>
+#include <mimo/quant.hpp>
 
 namespace {
 
 using mimo::DType;
+using mimo::QuantType;
 using mimo::cpu::Isa;
 
 std::vector<Isa> runnable_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+  for (Isa isa : mimo::cpu::kAllIsas) {
     if (mimo::cpu::isa_supported(isa)) out.push_back(isa);
   }
   return out;
 }
 
-// Weights stored as `dtype` at byte offset `misalign` into a buffer.
+// A weight matrix in one format, `misalign` bytes into its buffers, with its exact fp32 values.
 struct Stored {
-  std::vector<unsigned char> bytes;
+  std::vector<unsigned char> bytes, scales, mins;
+  std::vector<float> values;  // what the weights are, widened
   mimo::cpu::WeightMatrix m;
 };
 
-Stored store(const std::vector<float>& w, int64_t rows, int64_t cols, DType dtype, size_t misalign) {
-  Stored s;
-  const size_t esize = mimo::dtype_size(dtype);
-  s.bytes.assign(misalign + w.size() * esize, 0);
-  for (size_t i = 0; i < w.size(); ++i) {
-    unsigned char* p = s.bytes.data() + misalign + i * esize;
-    if (dtype == DType::f32) std::memcpy(p, &w[i], 4);
-    else {
-      const uint16_t h = dtype == DType::bf16 ? mimo::f32_to_bf16(w[i]) : mimo::f32_to_f16(w[i]);
-      std::memcpy(p, &h, 2);
-    }
+struct Format {
+  DType dtype = DType::bf16;
+  QuantType quant = QuantType::none;
+  int64_t group = 32;
+  bool with_min = false;
+  const char* name() const {
+    if (quant == QuantType::q8) return group == 32 ? "q8/32" : "q8/64+";
+    if (quant == QuantType::q4) return with_min ? "q4+min" : "q4";
+    return dtype == DType::bf16 ? "bf16" : dtype == DType::f16 ? "f16" : "f32";
   }
-  s.m = {reinterpret_cast<const std::byte*>(s.bytes.data() + misalign), dtype, rows, cols};
+};
+
+std::vector<Format> float_formats() { return {{DType::bf16}, {DType::f16}, {DType::f32}}; }
+std::vector<Format> quant_formats() {
+  return {{DType::bf16, QuantType::q8, 32}, {DType::bf16, QuantType::q8, 64}, {DType::bf16, QuantType::q4, 32},
+          {DType::bf16, QuantType::q4, 64, true}};
+}
+
+Stored store(const std::vector<float>& w, int64_t rows, int64_t cols, const Format& f, size_t misalign) {
+  Stored s;
+  s.values.resize(w.size());
+  if (f.quant == QuantType::none) {
+    const size_t esize = mimo::dtype_size(f.dtype);
+    s.bytes.assign(misalign + w.size() * esize, 0);
+    for (size_t i = 0; i < w.size(); ++i) {
+      unsigned char* p = s.bytes.data() + misalign + i * esize;
+      if (f.dtype == DType::f32) std::memcpy(p, &w[i], 4);
+      else {
+        const uint16_t h = f.dtype == DType::bf16 ? mimo::f32_to_bf16(w[i]) : mimo::f32_to_f16(w[i]);
+        std::memcpy(p, &h, 2);
+      }
+      s.values[i] = mimo::load_float(s.bytes.data() + misalign, f.dtype, i);
+    }
+    s.m = {reinterpret_cast<const std::byte*>(s.bytes.data() + misalign), f.dtype, rows, cols};
+    return s;
+  }
+  const int64_t row_bytes = mimo::quant_row_bytes(f.quant, cols), groups = cols / f.group;
+  s.bytes.assign(misalign + static_cast<size_t>(rows * row_bytes), 0);
+  s.scales.assign(misalign + static_cast<size_t>(rows * groups * 2), 0);
+  if (f.with_min) s.mins.assign(misalign + static_cast<size_t>(rows * groups * 2), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    unsigned char* codes = s.bytes.data() + misalign + r * row_bytes;
+    unsigned char* sc = s.scales.data() + misalign + r * groups * 2;
+    unsigned char* mn = f.with_min ? s.mins.data() + misalign + r * groups * 2 : nullptr;
+    if (f.quant == QuantType::q8) mimo::quantize_row_q8(w.data() + r * cols, cols, f.group, reinterpret_cast<int8_t*>(codes), sc);
+    else mimo::quantize_row_q4(w.data() + r * cols, cols, f.group, codes, sc, mn);
+    mimo::dequantize_row(f.quant, codes, sc, mn, cols, f.group, s.values.data() + r * cols);
+  }
+  s.m = {reinterpret_cast<const std::byte*>(s.bytes.data() + misalign), DType::bf16, rows, cols};
+  s.m.quant = f.quant;
+  s.m.group = f.group;
+  s.m.scales = reinterpret_cast<const std::byte*>(s.scales.data() + misalign);
+  s.m.mins = f.with_min ? reinterpret_cast<const std::byte*>(s.mins.data() + misalign) : nullptr;
   return s;
 }
 
+std::vector<float> random_vector(std::mt19937& rng, size_t n, float scale = 1.0f) {
+  std::uniform_real_distribution<float> u(-scale, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+// Scratch for quantized activations of up to kMaxMatvecRows rows.
+struct QuantScratch {
+  mimo::detail::AlignedBuffer<std::byte> storage;
+  mimo::cpu::QuantizedRows rows;
+  explicit QuantScratch(int64_t cols) {
+    REQUIRE(storage.reserve(mimo::cpu::QuantizedRows::bytes_for(mimo::cpu::kMaxMatvecRows, cols), "test").has_value());
+    rows.bind(storage.data(), mimo::cpu::kMaxMatvecRows, cols);
+  }
+};
+
 }  // namespace
 
-TEST_CASE("matvec: every instruction set, dtype, row count and size against double sums") {
+TEST_CASE("isa: levels, features and names") {
+  CHECK(mimo::cpu::isa_supported(Isa::scalar));
+  CHECK(mimo::cpu::isa_supported(mimo::cpu::detect_isa()));
+  for (Isa isa : runnable_isas()) {
+    CHECK(static_cast<int>(isa) <= static_cast<int>(mimo::cpu::detect_isa()));
+    CHECK(mimo::cpu::to_string(isa) != "?");
+  }
+  CHECK(mimo::cpu::has_bf16(Isa::avx512_bf16));
+  CHECK(mimo::cpu::has_vnni(Isa::avx512_bf16));
+  CHECK_FALSE(mimo::cpu::has_vnni(Isa::avx512));
+  CHECK(mimo::cpu::has_vnni(Isa::avx2_vnni));
+  CHECK_FALSE(mimo::cpu::has_avx512(Isa::avx2_vnni));
+  MESSAGE("this machine: ", mimo::cpu::to_string(mimo::cpu::detect_isa()));
+}
+
+TEST_CASE("matvec: float weights, every instruction set, dtype, row count and size against double sums") {
   std::mt19937 rng(42);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
+  for (const Format& f : float_formats()) {
     for (int64_t cols : {1, 7, 16, 17, 64, 100, 257}) {
       const int64_t rows = 37;
-      std::vector<float> w(static_cast<size_t>(rows * cols));
-      for (auto& x : w) x = u(rng);
+      const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols));
       for (size_t misalign : {0, 2, 6}) {
-        const Stored s = store(w, rows, cols, dtype, misalign);
-        for (int n : {1, 2, 3, 5, 8}) {
+        const Stored s = store(w, rows, cols, f, misalign);
+        for (int n : {1, 2, 3, 5, 8, 9, 13, 16}) {
           const int64_t ldx = cols + 3;  // padded rows
-          std::vector<float> x(static_cast<size_t>(n * ldx + 1));
-          for (auto& v : x) v = u(rng);
+          std::vector<float> x = random_vector(rng, static_cast<size_t>(n * ldx + 1));
           const float* xp = x.data() + 1;  // misaligned activations
-          std::vector<float> bias(static_cast<size_t>(rows));
-          for (auto& v : bias) v = u(rng);
-          // Reference from the stored (rounded) weights, in double.
+          const std::vector<float> bias = random_vector(rng, static_cast<size_t>(rows));
           std::vector<double> ref(static_cast<size_t>(n * rows));
           for (int i = 0; i < n; ++i) {
             for (int64_t r = 0; r < rows; ++r) {
               double acc = bias[r];
-              for (int64_t k = 0; k < cols; ++k) {
-                acc += static_cast<double>(mimo::load_float(s.m.data, dtype, static_cast<uint64_t>(r * cols + k))) *
-                       xp[i * ldx + k];
-              }
+              for (int64_t k = 0; k < cols; ++k) acc += static_cast<double>(s.values[r * cols + k]) * xp[i * ldx + k];
               ref[i * rows + r] = acc;
             }
           }
           for (Isa isa : runnable_isas()) {
             CAPTURE(mimo::cpu::to_string(isa));
+            CAPTURE(f.name());
             CAPTURE(cols);
             CAPTURE(n);
             CAPTURE(misalign);
@@ -85,13 +158,21 @@ TEST_CASE("matvec: every instruction set, dtype, row count and size against doub
               std::vector<float> y(static_cast<size_t>(n * rows), accumulate ? 0.5f : -99.0f);
               const mimo::cpu::MatvecArgs args{xp, ldx, n, y.data(), rows, bias.data(), accumulate};
               // Two calls over a split of the rows, as threads would.
-              mimo::cpu::matvec(isa, s.m, args, 0, 20);
-              mimo::cpu::matvec(isa, s.m, args, 20, rows);
+              mimo::cpu::matvec(isa, s.m, args, 0, 19);
+              mimo::cpu::matvec(isa, s.m, args, 19, rows);
               double worst = 0.0;
               for (size_t i = 0; i < y.size(); ++i) {
                 worst = std::max(worst, std::abs(y[i] - (ref[i] + (accumulate ? 0.5 : 0.0))));
               }
               CHECK(worst < 1e-5 * static_cast<double>(cols));
+            }
+            // Each row alone gives bit for bit what it gave among n rows.
+            std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+            mimo::cpu::matvec(isa, s.m, {xp, ldx, n, all.data(), rows, bias.data(), false}, 0, rows);
+            for (int i = 0; i < n; ++i) {
+              mimo::cpu::matvec(isa, s.m, {xp + i * ldx, ldx, 1, one.data(), rows, bias.data(), false}, 3, rows);
+              mimo::cpu::matvec(isa, s.m, {xp + i * ldx, ldx, 1, one.data(), rows, bias.data(), false}, 0, 3);
+              for (int64_t r = 0; r < rows; ++r) REQUIRE(one[r] == all[i * rows + r]);
             }
           }
         }
@@ -100,65 +181,213 @@ TEST_CASE("matvec: every instruction set, dtype, row count and size against doub
   }
 }
 
-TEST_CASE("widen_rows: exact conversion of stored rows") {
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-4.0f, 4.0f);
-  for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
-    const int64_t rows = 9, cols = 23;
-    std::vector<float> w(static_cast<size_t>(rows * cols));
-    for (auto& x : w) x = u(rng);
-    const Stored s = store(w, rows, cols, dtype, 2);
-    for (Isa isa : runnable_isas()) {
-      std::vector<float> out(static_cast<size_t>(5 * cols));
-      mimo::cpu::widen_rows(isa, s.m, 3, 8, out.data());
-      for (int64_t i = 0; i < 5 * cols; ++i) {
-        REQUIRE(out[i] == mimo::load_float(s.m.data, dtype, static_cast<uint64_t>(3 * cols + i)));
+TEST_CASE("quantize: codes, scales and dequantized values of each format") {
+  std::mt19937 rng(5);
+  for (int64_t group : {32, 64, 128}) {
+    const int64_t cols = 256;
+    std::vector<float> w = random_vector(rng, static_cast<size_t>(cols), 0.05f);
+    w[3] = 0.2f;  // an outlier
+    std::vector<float> back(static_cast<size_t>(cols));
+    // q8: every value within half a step of its group's scale.
+    std::vector<int8_t> c8(static_cast<size_t>(cols));
+    std::vector<uint16_t> sc(static_cast<size_t>(cols / group)), mn(static_cast<size_t>(cols / group));
+    mimo::quantize_row_q8(w.data(), cols, group, c8.data(), sc.data());
+    mimo::dequantize_row(QuantType::q8, c8.data(), sc.data(), nullptr, cols, group, back.data());
+    for (int64_t k = 0; k < cols; ++k) {
+      const float s = mimo::f16_to_f32(sc[k / group]);
+      CHECK(std::abs(back[k] - w[k]) <= 0.5f * s * 1.001f + 1e-9f);
+      CHECK(std::abs(c8[k]) <= 127);
+    }
+    // q4, symmetric and with minimums.
+    for (bool with_min : {false, true}) {
+      std::vector<uint8_t> c4(static_cast<size_t>(cols / 2));
+      mimo::quantize_row_q4(w.data(), cols, group, c4.data(), sc.data(), with_min ? mn.data() : nullptr);
+      mimo::dequantize_row(QuantType::q4, c4.data(), sc.data(), with_min ? mn.data() : nullptr, cols, group, back.data());
+      double err = 0.0, norm = 0.0;
+      for (int64_t k = 0; k < cols; ++k) {
+        const float s = std::abs(mimo::f16_to_f32(sc[k / group]));
+        CHECK(std::abs(back[k] - w[k]) <= 2.0f * s);  // candidates may clip the extremes
+        err += (back[k] - w[k]) * (back[k] - w[k]);
+        norm += w[k] * w[k];
+        // The packing: column k's nibble.
+        const int64_t base = k / 32 * 32, j = k - base;
+        const uint8_t byte = c4[static_cast<size_t>(base / 2 + (j & 15))];
+        CHECK(mimo::q4_code(c4.data(), k) == (j < 16 ? (byte & 15) : (byte >> 4)));
+      }
+      CAPTURE(group);
+      CAPTURE(with_min);
+      CHECK(std::sqrt(err / norm) < 0.15);
+    }
+  }
+  // A group of zeros stays zero.
+  std::vector<float> zeros(64, 0.0f), back(64);
+  std::vector<uint8_t> c4(32);
+  std::vector<uint16_t> sc(2);
+  mimo::quantize_row_q4(zeros.data(), 64, 32, c4.data(), sc.data(), nullptr);
+  mimo::dequantize_row(QuantType::q4, c4.data(), sc.data(), nullptr, 64, 32, back.data());
+  for (float v : back) CHECK(v == 0.0f);
+}
+
+TEST_CASE("matvec: quantized weights, every instruction set, format, row count and size") {
+  std::mt19937 rng(7);
+  for (const Format& f : quant_formats()) {
+    for (int64_t cols : {64, 128, 192, 352, 4160}) {
+      if (cols % f.group) continue;
+      const int64_t rows = 21;
+      const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols), 0.1f);
+      for (size_t misalign : {0, 1, 6}) {
+        const Stored s = store(w, rows, cols, f, misalign);
+        for (int n : {1, 2, 3, 8, 9, 16}) {
+          const int64_t ldx = cols + 5;
+          std::vector<float> x = random_vector(rng, static_cast<size_t>(n * ldx + 1));
+          const float* xp = x.data() + 1;
+          const std::vector<float> bias = random_vector(rng, static_cast<size_t>(rows));
+          for (Isa isa : runnable_isas()) {
+            CAPTURE(mimo::cpu::to_string(isa));
+            CAPTURE(f.name());
+            CAPTURE(cols);
+            CAPTURE(n);
+            CAPTURE(misalign);
+            QuantScratch q(cols);
+            mimo::cpu::prepare_rows(xp, ldx, n, cols, q.rows);
+            // The activations as the kernels see them: within half a step of x.
+            for (int i = 0; i < n; ++i) {
+              for (int64_t k = 0; k < cols; ++k) {
+                const float sx = q.rows.scale[i * (cols / 32) + k / 32];
+                REQUIRE(std::abs(q.rows.value(i, k) - xp[i * ldx + k]) <= 0.5001f * sx);
+              }
+            }
+            // Reference: the dequantized weights times the quantized activations, in double.
+            double worst = 0.0, scale = 0.0;
+            std::vector<float> y(static_cast<size_t>(n * rows), 0.25f);
+            const mimo::cpu::MatvecArgs args{xp, ldx, n, y.data(), rows, bias.data(), true, &q.rows};
+            mimo::cpu::matvec(isa, s.m, args, 0, 10);
+            mimo::cpu::matvec(isa, s.m, args, 10, rows);
+            for (int i = 0; i < n; ++i) {
+              for (int64_t r = 0; r < rows; ++r) {
+                double acc = 0.25 + bias[r];
+                for (int64_t k = 0; k < cols; ++k) {
+                  const double xk = q.rows.value(i, k);
+                  acc += static_cast<double>(s.values[r * cols + k]) * xk;
+                }
+                worst = std::max(worst, std::abs(acc - y[i * rows + r]));
+                scale = std::max(scale, std::abs(acc));
+              }
+            }
+            CHECK(worst <= 1e-5 * std::max(1.0, scale));
+            // Each row alone gives bit for bit what it gave among n rows.
+            std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+            mimo::cpu::matvec(isa, s.m, {xp, ldx, n, all.data(), rows, nullptr, false, &q.rows}, 0, rows);
+            QuantScratch q1(cols);
+            for (int i = 0; i < n; ++i) {
+              mimo::cpu::prepare_rows(xp + i * ldx, ldx, 1, cols, q1.rows);
+              mimo::cpu::matvec(isa, s.m, {xp + i * ldx, ldx, 1, one.data(), rows, nullptr, false, &q1.rows}, 0, rows);
+              for (int64_t r = 0; r < rows; ++r) REQUIRE(one[r] == all[i * rows + r]);
+            }
+          }
+        }
       }
     }
   }
 }
 
-TEST_CASE("linear: several weights in one job, streaming and panel paths agree with the reference") {
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+TEST_CASE("widen_rows: exact conversion of stored and quantized rows") {
+  std::mt19937 rng(1);
+  std::vector<Format> formats = float_formats();
+  for (const Format& f : quant_formats()) formats.push_back(f);
+  for (const Format& f : formats) {
+    const int64_t rows = 9, cols = f.quant == QuantType::none ? 23 : 128;
+    const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols), 4.0f);
+    const Stored s = store(w, rows, cols, f, 2);
+    for (Isa isa : runnable_isas()) {
+      CAPTURE(f.name());
+      CAPTURE(mimo::cpu::to_string(isa));
+      std::vector<float> out(static_cast<size_t>(5 * cols));
+      mimo::cpu::widen_rows(isa, s.m, 3, 8, out.data());
+      for (int64_t i = 0; i < 5 * cols; ++i) REQUIRE(out[i] == s.values[3 * cols + i]);
+    }
+  }
+}
+
+namespace {
+
+float round_bf16(float v) { return mimo::bf16_to_f32(mimo::f32_to_bf16(v)); }
+
+// Checks linear() against double references over several jobs of different formats.
+void check_linear(int64_t n, int64_t cols, const std::vector<Format>& formats, std::vector<int64_t> rows, bool exact) {
+  std::mt19937 rng(static_cast<uint32_t>(n * 1000 + cols));
   auto pool = mimo::cpu::ThreadPool::create(2);
   REQUIRE(pool.has_value());
-  const int64_t cols = 70;
-  const int64_t rows_a = 130, rows_b = 45;
-  std::vector<float> wa(static_cast<size_t>(rows_a * cols)), wb(static_cast<size_t>(rows_b * cols));
-  for (auto& x : wa) x = u(rng);
-  for (auto& x : wb) x = u(rng);
-  const Stored a = store(wa, rows_a, cols, DType::bf16, 0), b = store(wb, rows_b, cols, DType::f32, 0);
-  std::vector<float> bias(static_cast<size_t>(rows_a));
-  for (auto& v : bias) v = u(rng);
-  mimo::cpu::PanelScratch panels;
-  REQUIRE(panels.reserve(2, cols).has_value());
-  for (int64_t n : {1, 4, 8, 9, 33}) {
-    std::vector<float> x(static_cast<size_t>(n * cols));
-    for (auto& v : x) v = u(rng);
-    std::vector<float> ya(static_cast<size_t>(n * rows_a)), yb(static_cast<size_t>(n * rows_b), 1.0f);
-    const mimo::Rows xr{x.data(), n, cols, cols};
-    const mimo::cpu::LinearJob jobs[] = {{&a.m, bias.data(), mimo::Rows{ya.data(), n, rows_a, rows_a}, false},
-                                         {&b.m, nullptr, mimo::Rows{yb.data(), n, rows_b, rows_b}, true}};
-    for (Isa isa : runnable_isas()) {
-      std::fill(yb.begin(), yb.end(), 1.0f);
-      mimo::cpu::linear(**pool, isa, xr, jobs, panels);
+  std::vector<Stored> weights;
+  std::vector<std::vector<float>> biases, ys;
+  for (size_t j = 0; j < formats.size(); ++j) {
+    weights.push_back(store(random_vector(rng, static_cast<size_t>(rows[j] * cols), 0.2f), rows[j], cols, formats[j], j));
+    biases.push_back(j % 2 ? std::vector<float>{} : random_vector(rng, static_cast<size_t>(rows[j])));
+  }
+  const int64_t ldx = cols + 7;
+  std::vector<float> x = random_vector(rng, static_cast<size_t>(n * ldx + 3));
+  const mimo::Rows xr{x.data() + 3, n, cols, ldx};
+  mimo::cpu::LinearScratch scratch;
+  REQUIRE(scratch.reserve(2, cols).has_value());
+  for (Isa isa : runnable_isas()) {
+    CAPTURE(mimo::cpu::to_string(isa));
+    CAPTURE(n);
+    CAPTURE(cols);
+    CAPTURE(exact);
+    std::vector<mimo::cpu::LinearJob> jobs;
+    ys.clear();
+    for (size_t j = 0; j < formats.size(); ++j) {
+      const int64_t ldy = rows[j] + 1;
+      ys.push_back(std::vector<float>(static_cast<size_t>(n * ldy), 1.0f));
+      jobs.push_back({&weights[j].m, biases[j].empty() ? nullptr : biases[j].data(),
+                      mimo::Rows{ys[j].data(), n, rows[j], ldy}, j % 2 == 1});
+    }
+    mimo::cpu::linear(**pool, isa, exact, xr, jobs, scratch);
+    QuantScratch q(cols);
+    for (size_t j = 0; j < formats.size(); ++j) {
+      const Stored& s = weights[j];
+      CAPTURE(formats[j].name());
+      const bool quantized_decode = s.m.quantized() && n <= mimo::cpu::kMaxMatvecRows;
+      const bool fast = n > mimo::cpu::kMaxMatvecRows && mimo::cpu::gemm_fast(isa, exact, s.m);
+      if (quantized_decode) mimo::cpu::prepare_rows(xr.data, xr.stride, static_cast<int>(n), cols, q.rows);
       double worst = 0.0;
       for (int64_t i = 0; i < n; ++i) {
-        for (int64_t r = 0; r < rows_a; ++r) {
-          double acc = bias[r];
-          for (int64_t k = 0; k < cols; ++k) acc += static_cast<double>(mimo::load_float(a.m.data, DType::bf16, static_cast<uint64_t>(r * cols + k))) * x[i * cols + k];
-          worst = std::max(worst, std::abs(acc - ya[i * rows_a + r]));
-        }
-        for (int64_t r = 0; r < rows_b; ++r) {
-          double acc = 1.0;
-          for (int64_t k = 0; k < cols; ++k) acc += static_cast<double>(wb[r * cols + k]) * x[i * cols + k];
-          worst = std::max(worst, std::abs(acc - yb[i * rows_b + r]));
+        for (int64_t r = 0; r < rows[j]; ++r) {
+          double acc = (j % 2 == 1 ? 1.0 : 0.0) + (biases[j].empty() ? 0.0 : biases[j][r]);
+          for (int64_t k = 0; k < cols; ++k) {
+            double xv = xr.row(i)[k], wv = s.values[r * cols + k];
+            if (quantized_decode) xv = q.rows.value(static_cast<int>(i), k);
+            if (fast) xv = round_bf16(xr.row(i)[k]), wv = round_bf16(s.values[r * cols + k]);
+            acc += xv * wv;
+          }
+          worst = std::max(worst, std::abs(acc - ys[j][i * (rows[j] + 1) + r]));
         }
       }
-      CAPTURE(n);
-      CAPTURE(mimo::cpu::to_string(isa));
-      CHECK(worst < 1e-4);
+      CHECK(worst < 2e-4);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("linear: several weights in one job, streaming and GEMM paths agree with the reference") {
+  const std::vector<Format> floats = {{DType::bf16}, {DType::f32}, {DType::f16}};
+  for (int64_t n : {1, 4, 8, 9, 16, 17, 33, 300}) {
+    for (int64_t cols : {70, 129}) {
+      for (bool exact : {true, false}) check_linear(n, cols, floats, {130, 45, 64}, exact);
+    }
+  }
+  const std::vector<Format> quants = {quant_formats()[0], quant_formats()[2], quant_formats()[3], {DType::bf16}};
+  for (int64_t n : {1, 5, 16, 17, 40, 270}) {
+    for (bool exact : {true, false}) check_linear(n, 320, quants, {300, 17, 64, 257}, exact);
+  }
+}
+
+TEST_CASE("gemm: sizes around the block edges") {
+  const std::vector<Format> one = {{DType::bf16}};
+  for (int64_t n : {17, 23}) {
+    for (int64_t cols : {1, 2, 31, 255, 256, 257, 520}) {
+      for (bool exact : {true, false}) check_linear(n, cols, one, {1}, exact), check_linear(n, cols, one, {513}, exact);
     }
   }
 }

@@ -66,10 +66,11 @@ TEST_CASE("generated shapes: main logits and MTP steps match the double-precisio
 
     auto model = mimo::Model<mimo::Cpu>::load(dir.path());
     REQUIRE_MESSAGE(model.has_value(), (model ? "" : model.error().describe()));
-    // batch 16: chunks of 16, 16 and 5 rows exercise both the panel (GEMM) and the streaming path.
+    // batch 16: chunks of 16, 16 and 5 rows take the streaming path; batch 64: one chunk of 37, GEMM.
     for (int64_t batch : {16, 64}) {
       CAPTURE(batch);
-      auto s = model->new_session({.context = 64, .batch = batch, .backend = {.threads = 2}});
+      auto s = model->new_session(
+          {.context = 64, .batch = batch, .backend = {.threads = 2, .exact_prefill = true, .kv_cache = mimo::cpu::KvType::f32}});
       REQUIRE(s.has_value());
       auto logits = s->append(tokens, {.logits = mimo::OutputRows::all, .hidden = mimo::OutputRows::all});
       REQUIRE(logits.has_value());
@@ -129,10 +130,11 @@ TEST_CASE("generated shapes: decoding token by token matches the reference at ev
 
   auto model = mimo::Model<mimo::Cpu>::load(dir.path());
   REQUIRE(model.has_value());
-  for (auto isa : {mimo::cpu::Isa::scalar, mimo::cpu::Isa::avx2, mimo::cpu::Isa::avx512}) {
+  for (auto isa : mimo::cpu::kAllIsas) {
     if (!mimo::cpu::isa_supported(isa)) continue;
     CAPTURE(mimo::cpu::to_string(isa));
-    auto s = model->new_session({.context = 32, .batch = 8, .backend = {.threads = 2, .isa = isa}});
+    auto s = model->new_session(
+        {.context = 32, .batch = 8, .backend = {.threads = 2, .isa = isa, .exact_prefill = true, .kv_cache = mimo::cpu::KvType::f32}});
     REQUIRE(s.has_value());
     // A 5-token prompt, then single tokens, then a 3-token "verification" batch, then singles.
     size_t t = 0;

@@ -174,3 +174,51 @@ TEST_CASE("session: corrupted, truncated or foreign states are refused and the s
   REQUIRE(target.append({8}).has_value());
   CHECK(target.size() == 4);
 }
+
+TEST_CASE("session: every KV cache type saves, restores, copies and truncates exactly; other formats are refused") {
+  Setup t;
+  using mimo::cpu::KvType;
+  auto session_of = [&](KvType type) {
+    auto s = t.model.new_session({.context = 64, .backend = {.threads = 2, .kv_cache = type}});
+    REQUIRE(s.has_value());
+    return std::move(*s);
+  };
+  std::vector<std::vector<std::byte>> states;
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::i8}) {
+    CAPTURE(mimo::cpu::to_string(type));
+    auto fresh = session_of(type);
+    REQUIRE(fresh.append(t.prefix).has_value());
+    const auto expected = Setup::continue_with(fresh, t.rest);
+
+    auto a = session_of(type);
+    REQUIRE(a.append(t.prefix).has_value());
+    std::vector<std::byte> state;
+    REQUIRE(a.save(state).has_value());
+    auto b = session_of(type);
+    REQUIRE(b.restore(state).has_value());
+    CHECK(Setup::continue_with(b, t.rest) == expected);
+    auto c = a.copy();
+    REQUIRE(c.has_value());
+    CHECK(Setup::continue_with(*c, t.rest) == expected);
+    // Junk appended and rolled back leaves stale entries past the length; they are ignored.
+    REQUIRE(a.append(test::random_tokens(9, 400, 77)).has_value());
+    REQUIRE(a.truncate(static_cast<int64_t>(t.prefix.size())).has_value());
+    CHECK(Setup::continue_with(a, t.rest) == expected);
+    states.push_back(std::move(state));
+  }
+  // A state restores only into a session of the same KV type.
+  for (size_t i = 0; i < states.size(); ++i) {
+    for (size_t j = 0; j < states.size(); ++j) {
+      if (i == j) continue;
+      auto s = session_of(static_cast<KvType>(j + 1));
+      auto r = s.restore(states[i]);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code() == mimo::Errc::corrupt_state);
+      CHECK(r.error().message().find("KV cache format") != std::string::npos);
+    }
+  }
+  // The saved KV part is half the f32 size in f16/bf16, about a quarter in i8.
+  CHECK(states[1].size() < states[0].size());
+  CHECK(states[1].size() == states[2].size());
+  CHECK(states[3].size() < states[1].size());
+}

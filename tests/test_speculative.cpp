@@ -30,8 +30,10 @@ std::shared_ptr<mimo::cpu::ThreadPool> single_thread() {
   return pool;
 }
 
-Session session_of(const Model& m, int64_t context = 512, int64_t batch = 64) {
-  auto s = m.new_session({.context = context, .batch = batch, .backend = {.pool = single_thread()}});
+Session session_of(const Model& m, int64_t context = 512, int64_t batch = 64, bool exact_prefill = false) {
+  auto s = m.new_session({.context = context,
+                          .batch = batch,
+                          .backend = {.pool = single_thread(), .exact_prefill = exact_prefill, .kv_cache = mimo::cpu::KvType::f32}});
   REQUIRE(s.has_value());
   return std::move(*s);
 }
@@ -230,8 +232,9 @@ TEST_CASE("speculative: the MTP drafter's logits equal the fixture's at every po
   // Its step-0 cache now holds every position 0..T-2, each made with the right token.
   CHECK(s.mtp_size(0) == static_cast<int64_t>(prompt.size()) - 1);
 
-  // The same through catch_up after a one-call prefill, then one proposal at the end.
-  auto s2 = session_of(m);
+  // The same through catch_up after a one-call prefill (fp32, to compare at 1e-4), then one
+  // proposal at the end.
+  auto s2 = session_of(m, 512, 64, /*exact_prefill=*/true);
   REQUIRE(s2.append(std::span<const int32_t>(prompt).first(prompt.size() - 1), {.hidden = mimo::OutputRows::all}).has_value());
   REQUIRE(drafter->catch_up(s2).has_value());
   CHECK(s2.mtp_size(0) == static_cast<int64_t>(prompt.size()) - 2);

@@ -24,13 +24,14 @@
 #include "mimo/detail/aligned_buffer.hpp"
 #include "mimo/error.hpp"
 #include "mimo/io/checkpoint.hpp"
+#include "mimo/quantize.hpp"
 #include "mimo/transformer.hpp"
 #include "mimo/weights.hpp"
 
 namespace mimo {
 
 struct LoadProgress {
-  std::string_view stage;  // "reading weights" or "preparing layers"
+  std::string_view stage;  // "reading weights", "quantizing weights" or "preparing layers"
   uint64_t done = 0;       // bytes read, or layers prepared
   uint64_t total = 0;
   double fraction = 0.0;   // overall, 0..1
@@ -47,6 +48,11 @@ struct LoadOptions {
   // on some virtual machines). With preload, a file cached in small pages is read once more.
   bool huge_pages = true;
   io::SafetensorsLimits limits{};
+  // Quantize the products while loading (mimo/quantize.hpp): each float weight is read once,
+  // quantized into memory by `quantize.threads` threads, and its mapped pages are handed back,
+  // so memory stays near the quantized model's size (preload is skipped: quantizing reads the
+  // weights). Weights the checkpoint already stores quantized are used as they are. CPU only.
+  QuantizeOptions quantize{};
 };
 
 // Memory a model and one session will use, before committing to them.
@@ -105,6 +111,7 @@ class Model {
     Checkpoint checkpoint;
     ModelTensors tensors;
     Weights<B> weights;
+    std::vector<std::unique_ptr<QuantizedTensor>> quantized;  // weights quantized while loading
   };
   std::shared_ptr<const Data> data_;
 };
@@ -115,14 +122,15 @@ template <class B>
 Expected<Model<B>> Model<B>::load(const std::filesystem::path& dir, const LoadOptions& options) {
   auto ck = Checkpoint::open(dir, options.limits, options.huge_pages);
   if (!ck) return std::move(ck).error();
-  auto data = std::make_shared<Data>(Data{std::move(*ck), {}, {}});
+  auto data = std::make_shared<Data>(Data{std::move(*ck), {}, {}, {}});
 
   auto report = [&](std::string_view stage, uint64_t done, uint64_t total, double fraction) {
     if (!options.on_progress) return true;
     return options.on_progress(LoadProgress{stage, done, total, fraction});
   };
-  const double read_share = options.preload ? 0.9 : 0.0;
-  if (options.preload) {
+  const bool quantize = options.quantize.type != QuantType::none;
+  const double read_share = options.preload || quantize ? 0.9 : 0.0;
+  if (options.preload && !quantize) {
     auto st = data->checkpoint.preload(options.huge_pages, [&](uint64_t done, uint64_t total) {
       return report("reading weights", done, total, read_share * static_cast<double>(done) / static_cast<double>(total));
     });
@@ -131,6 +139,12 @@ Expected<Model<B>> Model<B>::load(const std::filesystem::path& dir, const LoadOp
   auto tensors = ModelTensors::bind(data->checkpoint);
   if (!tensors) return std::move(tensors).error();
   data->tensors = std::move(*tensors);
+  if (quantize) {
+    auto st = quantize_in_memory(data->tensors, options.quantize, data->quantized, [&](size_t done, size_t total) {
+      return report("quantizing weights", done, total, read_share * static_cast<double>(done) / static_cast<double>(total));
+    });
+    if (!st) return std::move(st).error();
+  }
   auto weights = prepare_weights<B>(data->tensors, [&](size_t done, size_t total) {
     return report("preparing layers", done, total, read_share + (1.0 - read_share) * static_cast<double>(done) / static_cast<double>(total));
   });

@@ -1,6 +1,7 @@
 // The tensors of a MiMo checkpoint, by layer, each checked against the config (present, float
 // dtype, exact shape, bytes inside its file) before anything uses it. Views into the mapping:
-// nothing is copied here.
+// nothing is copied here. Products (not the embeddings, norms or biases) may be quantized
+// (mimo/quant.hpp; Checkpoint::require_linear).
 #pragma once
 
 #include <string>
@@ -71,7 +72,8 @@ inline Status bind_block(const Checkpoint& ck, const std::string& prefix, Decode
     items.push_back({&b.v_bias, prefix + "self_attn.v_proj.bias", {KV}});
   }
   for (auto& item : items) {
-    auto t = ck.require(item.name, item.shape);
+    // Products (2-d) may be quantized; norms and biases are float.
+    auto t = item.shape.size() == 2 ? ck.require_linear(item.name, item.shape) : ck.require(item.name, item.shape);
     if (!t) return std::move(t).error();
     *item.out = *t;
   }
@@ -93,7 +95,7 @@ inline Expected<ModelTensors> ModelTensors::bind(const Checkpoint& ck) {
   if (c.tie_word_embeddings) {
     m.lm_head = m.embed_tokens;
   } else {
-    auto head = ck.require("lm_head.weight", {V, H});
+    auto head = ck.require_linear("lm_head.weight", {V, H});
     if (!head) return std::move(head).error();
     m.lm_head = *head;
   }
@@ -120,7 +122,8 @@ inline Expected<ModelTensors> ModelTensors::bind(const Checkpoint& ck) {
         {&L.final_layernorm, "final_layernorm.weight", {H}},
     };
     for (const auto& item : items) {
-      auto t = ck.require(prefix + item.name, item.shape);
+      auto t = item.shape.size() == 2 ? ck.require_linear(prefix + item.name, item.shape)
+                                      : ck.require(prefix + item.name, item.shape);
       if (!t) return std::move(t).error();
       *item.out = *t;
     }

@@ -6,6 +6,8 @@
 // with CUDA graphs.
 #include <doctest/doctest.h>
 
+#include <type_traits>
+
 #include <algorithm>
 #include <numeric>
 
@@ -32,6 +34,11 @@ mimo::Model<B> load(const std::filesystem::path& dir) {
 template <class B>
 mimo::Session<B> session_of(const mimo::Model<B>& m, int64_t context = 128, int64_t batch = 256,
                             typename B::ContextOptions options = {}) {
+  if constexpr (std::is_same_v<B, mimo::Cpu>) {
+    // The CPU side is the reference: fp32 products and cache, not its faster defaults.
+    options.exact_prefill = true;
+    options.kv_cache = mimo::cpu::KvType::f32;
+  }
   auto s = m.new_session({.context = context, .batch = batch, .backend = options});
   REQUIRE_MESSAGE(s.has_value(), (s ? "" : s.error().describe()));
   return std::move(*s);

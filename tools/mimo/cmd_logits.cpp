@@ -37,7 +37,9 @@ int cmd_logits(int argc, char** argv) {
   }
   const int64_t batch = std::max<int64_t>(T, 1);
   auto session = model->new_session(
-      {.context = std::max<int64_t>(T, 1), .batch = batch, .backend = {.threads = static_cast<int>(*threads)}});
+      {.context = std::max<int64_t>(T, 1),
+       .batch = batch,
+       .backend = {.threads = static_cast<int>(*threads), .exact_prefill = true, .kv_cache = mimo::cpu::KvType::f32}});  // reference logits: fp32 throughout
   if (!session) return cli::fail("logits", session.error());
 
   const bool mtp = K >= 0;

@@ -10,6 +10,7 @@ int cmd_chat(int argc, char** argv);
 int cmd_synth(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_quantize(int argc, char** argv);
 
 namespace mimo::cli {
 

@@ -22,6 +22,7 @@ constexpr Command kCommands[] = {
     {"tokenize", cmd_tokenize, "print the token ids of text"},
     {"synth", cmd_synth, "write a random-weight checkpoint of a preset shape"},
     {"bench", cmd_bench, "measure prefill and decode speed against the memory bandwidth"},
+    {"quantize", cmd_quantize, "write a checkpoint with int8 or int4 weights (mimo/quant.hpp)"},
 };
 
 void usage() {

@@ -17,6 +17,7 @@
 #include "mimo/error.hpp"
 #include "mimo/io/json.hpp"
 #include "mimo/io/safetensors.hpp"
+#include "mimo/quant.hpp"
 
 namespace mimo {
 
@@ -70,10 +71,18 @@ inline Expected<SafetensorsIndex> parse_safetensors_index(const simdjson::padded
 }  // namespace io
 
 // A tensor used in place from a mapped file. Valid while its Checkpoint lives.
+//
+// A quantized weight (mimo/quant.hpp) is one view of its codes (info, data: dtype I8 or U8) with
+// the format, the group size and its scales (and minimums) attached; its logical shape is
+// [rows(), cols()]. Backends that cannot use a quantized view refuse it with an error.
 struct TensorView {
   const io::TensorInfo* info = nullptr;
   const std::byte* data = nullptr;
   const std::string* file = nullptr;  // the shard that holds it, for messages
+  QuantType quant = QuantType::none;
+  int64_t group = 0;                  // quantized: columns per scale
+  const std::byte* scales = nullptr;  // quantized: F16 [rows, cols / group]
+  const std::byte* mins = nullptr;    // q4 with minimums: F16 [rows, cols / group]; else null
 
   explicit operator bool() const { return info != nullptr; }
   const std::string& name() const { return info->name; }
@@ -82,6 +91,10 @@ struct TensorView {
   int64_t dim(size_t i) const { return info->shape[i]; }
   uint64_t numel() const { return info->numel(); }
   uint64_t nbytes() const { return info->end - info->begin; }
+  bool quantized() const { return quant != QuantType::none; }
+  // The logical shape of a 2-d weight (for q4, two codes per stored byte).
+  int64_t rows() const { return dim(0); }
+  int64_t cols() const { return quant == QuantType::q4 ? 2 * dim(1) : dim(1); }
 };
 
 class Checkpoint {
@@ -122,6 +135,65 @@ class Checkpoint {
       return Error(Errc::invalid_checkpoint, *t.file + ": tensor '" + std::string(name) + "' has shape " +
                                                  io::detail_st::shape_string(t.shape()) + ", expected " +
                                                  io::detail_st::shape_string(shape));
+    }
+    return t;
+  }
+
+  // A weight of logical shape {rows, cols}: float (as require), or quantized as mimo/quant.hpp
+  // describes (codes at `name`, F16 scales at name_scale, optional F16 minimums at name_min for
+  // q4), every shape and dtype checked against the others.
+  Expected<TensorView> require_linear(std::string_view name, const std::vector<int64_t>& shape) const {
+    TensorView t = find(name);
+    if (!t || is_float_weight_dtype(t.dtype()) || shape.size() != 2) return require(name, shape);
+    const std::string where = *t.file + ": tensor '" + std::string(name) + "'";
+    const int64_t rows = shape[0], cols = shape[1];
+    if (t.dtype() == DType::i8) {
+      t.quant = QuantType::q8;
+    } else if (t.dtype() == DType::u8) {
+      t.quant = QuantType::q4;
+    } else {
+      return Error(Errc::invalid_checkpoint, where + " has dtype " + std::string(to_string(t.dtype())) +
+                                                 ", expected BF16, F16, F32, or I8/U8 codes of a quantized weight");
+    }
+    const std::vector<int64_t> stored = {rows, quant_row_bytes(t.quant, cols)};
+    if (cols % kQuantBlock != 0 || t.shape() != stored) {
+      return Error(Errc::invalid_checkpoint, where + " (" + std::string(to_string(t.quant)) + " codes) has shape " +
+                                                 io::detail_st::shape_string(t.shape()) + ", expected " +
+                                                 (cols % kQuantBlock ? std::string("columns in multiples of 32 for [") +
+                                                                           std::to_string(rows) + ", " + std::to_string(cols) + "]"
+                                                                     : io::detail_st::shape_string(stored)));
+    }
+    const std::string scale_name = quant_scale_name(name);
+    const TensorView scale = find(scale_name);
+    if (!scale) {
+      return Error(Errc::invalid_checkpoint, where + " holds " + std::string(to_string(t.quant)) +
+                                                 " codes but '" + scale_name + "' is missing");
+    }
+    const std::string scale_where = *scale.file + ": tensor '" + scale_name + "'";
+    if (scale.dtype() != DType::f16) {
+      return Error(Errc::invalid_checkpoint, scale_where + " has dtype " + std::string(to_string(scale.dtype())) +
+                                                 ", expected F16");
+    }
+    const int64_t groups = scale.shape().size() == 2 ? scale.dim(1) : 0;
+    if (scale.shape().size() != 2 || scale.dim(0) != rows || groups < 1 || cols % groups != 0 ||
+        !quantizable(cols, cols / groups)) {
+      return Error(Errc::invalid_checkpoint, scale_where + " has shape " + io::detail_st::shape_string(scale.shape()) +
+                                                 ", expected [" + std::to_string(rows) +
+                                                 ", G] with " + std::to_string(cols) +
+                                                 " / G (the group size) a power of two from 32 to 4096");
+    }
+    t.group = cols / groups;
+    t.scales = scale.data;
+    const std::string min_name = quant_min_name(name);
+    if (const TensorView mins = find(min_name)) {
+      const std::string min_where = *mins.file + ": tensor '" + min_name + "'";
+      if (t.quant != QuantType::q4) return Error(Errc::invalid_checkpoint, min_where + ": minimums are only for q4 weights");
+      if (mins.dtype() != DType::f16 || mins.shape() != scale.shape()) {
+        return Error(Errc::invalid_checkpoint, min_where + " is " + std::string(to_string(mins.dtype())) + " " +
+                                                   io::detail_st::shape_string(mins.shape()) + ", expected F16 " +
+                                                   io::detail_st::shape_string(scale.shape()));
+      }
+      t.mins = mins.data;
     }
     return t;
   }

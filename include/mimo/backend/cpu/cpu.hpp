@@ -1,6 +1,6 @@
 // The CPU backend: weights used in place from the memory-mapped checkpoint (BF16, F16 or F32),
-// fp32 activations and KV cache in host memory, a thread pool sized by the caller, kernels chosen
-// at run time for the instruction sets of the machine.
+// fp32 activations, a KV cache of f32, f16, bf16 or int8 elements (kv_cache.hpp) in host memory, a
+// thread pool sized by the caller, kernels chosen at run time for the instruction sets of the machine.
 #pragma once
 
 #include <cstring>
@@ -31,7 +31,9 @@ struct Cpu {
     int threads = 0;                         // threads of a pool the session creates (0: hardware threads)
     std::shared_ptr<cpu::ThreadPool> pool{}; // or a pool shared with other sessions (threads is then ignored)
     cpu::Isa isa = cpu::detect_isa();        // kernels to use; lower it to force a fallback
-    cpu::KvType kv_cache = cpu::KvType::f32; // element type of the KV caches
+    bool exact_prefill = false;              // prefill products in fp32 (default: bf16 dot products where the
+                                             // CPU has them, activations rounded to bf16; gemm.hpp)
+    cpu::KvType kv_cache = cpu::KvType::f16;  // element type of the KV caches (kv_cache.hpp; f32 is exact)
   };
 
   using Linear = cpu::WeightMatrix;
@@ -45,9 +47,9 @@ struct Cpu {
   struct Context {
     std::shared_ptr<cpu::ThreadPool> pool;
     cpu::Isa isa = cpu::Isa::scalar;
-    cpu::PanelScratch panels;
-    Buffer attention_scratch;  // threads * group * capacity
-    int64_t attention_stride = 0;
+    bool exact_prefill = false;
+    cpu::LinearScratch products;
+    cpu::AttentionScratch attention;  // per-thread attention memory and split-K partials
     std::vector<float> rope_table;
     cpu::KvType kv_type = cpu::KvType::f32;
   };
@@ -61,8 +63,20 @@ struct Cpu {
 
   // --- preparing weights (once per model) ---
 
+  // A view of the stored weight (float, or quantized codes and scales): nothing is copied.
   static Expected<Linear> make_linear(const TensorView& t) {
-    return cpu::WeightMatrix{t.data, t.dtype(), t.dim(0), t.dim(1)};
+    if (!t || t.shape().size() != 2) return Error(Errc::invalid_argument, "make_linear: expected a 2-d tensor");
+    cpu::WeightMatrix w{t.data, t.dtype(), t.rows(), t.cols()};
+    if (t.quantized()) {
+      w.quant = t.quant;
+      w.group = t.group;
+      w.scales = t.scales;
+      w.mins = t.mins;
+    } else if (!is_float_weight_dtype(t.dtype())) {
+      return Error(Errc::invalid_argument, "make_linear: tensor '" + t.name() + "' has dtype " +
+                                               std::string(to_string(t.dtype())));
+    }
+    return w;
   }
   static Expected<Vector> make_vector(const TensorView& t) {
     Vector v;
@@ -85,31 +99,37 @@ struct Cpu {
       c.pool = std::move(*pool);
     }
     c.isa = cpu::isa_supported(o.isa) ? o.isa : cpu::detect_isa();
+    c.exact_prefill = o.exact_prefill;
     c.kv_type = o.kv_cache;
-    if (auto s = c.panels.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
-    c.attention_stride = shape.num_heads / shape.num_kv_heads * capacity;
-    if (auto s = c.attention_scratch.reserve(static_cast<uint64_t>(c.pool->size()) * c.attention_stride,
-                                             "attention scratch");
-        !s)
-      return std::move(s).error();
+    if (auto s = c.products.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
+    if (!cpu::valid_kv_type(o.kv_cache)) {
+      return Error(Errc::invalid_argument,
+                   "KV cache type " + std::to_string(static_cast<uint32_t>(o.kv_cache)) + " is not one of f32, f16, bf16, i8");
+    }
+    if (auto s = c.attention.reserve(c.pool->size(), shape, capacity); !s) return std::move(s).error();
     return c;
   }
 
   // Options for another context that shares this one's threads (a copied session).
   static ContextOptions shared_context_options(const Context& c) {
-    return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .kv_cache = c.kv_type};
+    return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .exact_prefill = c.exact_prefill, .kv_cache = c.kv_type};
   }
 
-  static Status make_kv_cache(Context&, KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
-    return kv.allocate(layers, s.num_kv_heads, s.head_dim, capacity);
+  // A cache of the context's type (ContextOptions::kv_cache), or of an explicit type.
+  static Status make_kv_cache(Context& c, KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
+    return kv.allocate(c.kv_type, layers, s.num_kv_heads, s.head_dim, capacity);
+  }
+  static Status make_kv_cache(KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity,
+                              cpu::KvType type = cpu::KvType::f32) {
+    return kv.allocate(type, layers, s.num_kv_heads, s.head_dim, capacity);
   }
   static Status copy_kv_cache(KvCache& dst, const KvCache& src, int64_t length) { return dst.copy_from(src, length); }
 
   // --- saved state: KV entries [0, length) of every layer and head, keys then values ---
 
-  static uint32_t kv_format(const KvCache&) { return static_cast<uint32_t>(cpu::KvType::f32); }
+  static uint32_t kv_format(const KvCache& kv) { return static_cast<uint32_t>(kv.type); }
   static uint64_t kv_bytes_layers(const KvCache& kv, int64_t layers, int64_t length) {
-    return cpu::kv_state_bytes(layers, kv.kv_heads, kv.head_dim, length);
+    return cpu::kv_state_bytes(kv.type, layers, kv.kv_heads, kv.head_dim, length);
   }
   static uint64_t kv_bytes(const KvCache& kv, int64_t length) { return kv_bytes_layers(kv, kv.layers, length); }
   static Status kv_save(const KvCache& kv, int64_t length, mimo::detail::ByteWriter& w) { return cpu::kv_save(kv, length, w); }
@@ -151,7 +171,7 @@ struct Cpu {
     for (size_t i = 0; i < ops.size(); ++i) {
       jobs[i] = cpu::LinearJob{ops[i].weight, ops[i].bias ? ops[i].bias->data() : nullptr, ops[i].out, ops[i].accumulate};
     }
-    cpu::linear(*c.pool, c.isa, x, std::span<const cpu::LinearJob>(jobs, ops.size()), c.panels);
+    cpu::linear(*c.pool, c.isa, c.exact_prefill, x, std::span<const cpu::LinearJob>(jobs, ops.size()), c.products);
   }
   static void linear(Context& c, const Rows& x, std::initializer_list<LinearOp> ops) {
     linear(c, x, std::span<const LinearOp>(ops.begin(), ops.size()));
@@ -165,7 +185,7 @@ struct Cpu {
 
   static void attention(Context& c, KvCache& kv, int64_t layer, int64_t length, const Rows& q, const Rows& k,
                         const Rows& v, const AttentionShape& s, const Rows& out) {
-    cpu::attention(*c.pool, kv, layer, length, q, k, v, s.num_heads, out, c.attention_scratch.data());
+    cpu::attention(*c.pool, c.isa, kv, layer, length, q, k, v, s.num_heads, out, c.attention);
   }
 
   // dst[i] = src[rows[i]].

@@ -1,48 +1,109 @@
 // Instruction sets the CPU kernels can use, detected at run time so one build runs well on any
 // x86-64 machine: kernels carry per-function target attributes and the consumer needs no -march.
+//
+// An Isa is a level: each adds features to a base (AVX2 or AVX-512). Kernels ask for features
+// (has_avx512, has_vnni, has_bf16), so lowering a context's level forces every fallback below it;
+// tests run each level the machine supports. Other architectures use the scalar kernels for now;
+// an ARM NEON level would be one more value with its own target attribute and kernels.
 #pragma once
 
 #include <string_view>
 
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define MIMO_X86 1
+#include <cpuid.h>
+#define MIMO_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define MIMO_TARGET_AVX2_VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define MIMO_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define MIMO_TARGET_AVX512_VNNI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define MIMO_TARGET_AVX512_BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c")))
+#else
+#define MIMO_X86 0
+#endif
+
 namespace mimo::cpu {
 
 enum class Isa {
-  scalar,  // portable C++, always available (and what other architectures use for now)
-  avx2,    // AVX2 + FMA + F16C
-  avx512,  // AVX-512 F/BW/VL/DQ
+  scalar,       // portable C++, always available (and what other architectures use for now)
+  avx2,         // AVX2 + FMA + F16C
+  avx2_vnni,    // + AVX-VNNI (256-bit int8 dot products: Alder Lake and later, Zen 5)
+  avx512,       // AVX-512 F/BW/VL/DQ
+  avx512_vnni,  // + AVX512_VNNI (Cascade Lake, Ice Lake)
+  avx512_bf16,  // + AVX512_VNNI and AVX512_BF16 (bf16 dot products: Sapphire Rapids, Zen 4 and later)
 };
+
+inline constexpr Isa kAllIsas[] = {Isa::scalar, Isa::avx2, Isa::avx2_vnni, Isa::avx512, Isa::avx512_vnni, Isa::avx512_bf16};
 
 constexpr std::string_view to_string(Isa isa) {
   switch (isa) {
     case Isa::scalar: return "scalar";
     case Isa::avx2: return "avx2";
+    case Isa::avx2_vnni: return "avx2_vnni";
     case Isa::avx512: return "avx512";
+    case Isa::avx512_vnni: return "avx512_vnni";
+    case Isa::avx512_bf16: return "avx512_bf16";
   }
   return "?";
 }
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define MIMO_X86 1
-#define MIMO_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define MIMO_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#else
-#define MIMO_X86 0
-#endif
+// Features of a level.
+constexpr bool has_avx2(Isa isa) { return isa != Isa::scalar; }
+constexpr bool has_avx512(Isa isa) { return isa >= Isa::avx512; }
+constexpr bool has_vnni(Isa isa) { return isa == Isa::avx2_vnni || isa >= Isa::avx512_vnni; }
+constexpr bool has_bf16(Isa isa) { return isa == Isa::avx512_bf16; }
 
-// The best instruction set this machine supports (the OS must save the wider registers too,
-// which __builtin_cpu_supports checks).
-inline Isa detect_isa() {
+// What this machine (and its OS, which must save the wider registers) supports.
+struct CpuFeatures {
+  bool avx2 = false;         // with FMA and F16C
+  bool avx_vnni = false;
+  bool avx512 = false;       // F, BW, VL, DQ
+  bool avx512_vnni = false;
+  bool avx512_bf16 = false;
+};
+
+inline CpuFeatures detect_features() {
+  CpuFeatures f;
 #if MIMO_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq"))
-    return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  // The newer features straight from CPUID (not every compiler's __builtin_cpu_supports knows
+  // them); the OS support for the registers they use was checked above.
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (f.avx2 && __get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.avx512_vnni = f.avx512 && (c >> 11 & 1u);
+    if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+      f.avx_vnni = (a >> 4 & 1u) != 0;
+      f.avx512_bf16 = f.avx512_vnni && (a >> 5 & 1u);
+    }
+  }
 #endif
-  return Isa::scalar;
+  return f;
 }
 
 // Whether this machine can run kernels of `isa` (tests force each available path).
-inline bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(detect_isa()); }
+inline bool isa_supported(Isa isa) {
+  const CpuFeatures f = detect_features();
+  switch (isa) {
+    case Isa::scalar: return true;
+    case Isa::avx2: return f.avx2;
+    case Isa::avx2_vnni: return f.avx2 && f.avx_vnni;
+    case Isa::avx512: return f.avx512;
+    case Isa::avx512_vnni: return f.avx512_vnni;
+    case Isa::avx512_bf16: return f.avx512_bf16;
+  }
+  return false;
+}
+
+// The best level this machine supports.
+inline Isa detect_isa() {
+  for (int i = static_cast<int>(Isa::avx512_bf16); i > 0; --i) {
+    if (isa_supported(static_cast<Isa>(i))) return static_cast<Isa>(i);
+  }
+  return Isa::scalar;
+}
 
 }  // namespace mimo::cpu
