@@ -310,7 +310,14 @@ TEST_CASE("load: progress is reported and can cancel; memory is estimated before
   uint64_t bytes = 0;
   for (const auto& t : mimo::synth::tensor_list(c, mimo::DType::bf16)) bytes += t.spec.nbytes();
   CHECK(e->weights == bytes);
-  CHECK(e->kv_cache == 2ull * c.num_hidden_layers * c.kv_dim() * 1000 * sizeof(float));
+  // The default cache holds f16 entries; f32 twice that, i8 a byte plus a 4-byte scale per entry.
+  CHECK(e->kv_cache == 2ull * c.num_hidden_layers * c.kv_dim() * 1000 * 2);
+  auto f32 = mimo::Model<mimo::Cpu>::estimate_memory(dir.path(), {.context = 1000, .backend = {.kv_cache = mimo::cpu::KvType::f32}});
+  REQUIRE(f32.has_value());
+  CHECK(f32->kv_cache == 2ull * c.num_hidden_layers * c.kv_dim() * 1000 * sizeof(float));
+  auto i8 = mimo::Model<mimo::Cpu>::estimate_memory(dir.path(), {.context = 1000, .backend = {.kv_cache = mimo::cpu::KvType::i8}});
+  REQUIRE(i8.has_value());
+  CHECK(i8->kv_cache == 2ull * c.num_hidden_layers * c.num_key_value_heads * 1000 * (c.head_dim + 4));
   CHECK(e->total() > e->weights + e->kv_cache);
   CHECK(m->estimate({.context = 1000}).kv_cache == e->kv_cache);
   CHECK_FALSE(mimo::Model<mimo::Cpu>::estimate_memory(dir / "missing").has_value());

@@ -1,6 +1,7 @@
 // The mimo command-line tool as users script it: subcommands, flags, output formats, exit codes.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -112,4 +113,44 @@ TEST_CASE("cli: bench prints its table") {
   auto again = run_mimo("bench --prompt 16 --gen 8 --repeat 1 --threads 2");
   const auto hash = [](const std::string& s) { return s.substr(s.find("| logits hash |")); };
   CHECK(hash(again.out) == hash(r.out));
+}
+
+TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and --kv-cache") {
+  test::TempDir dir;
+  const std::string model = std::string(MIMO_BINARY_DIR) + "/default-model";
+  const std::string q4 = (dir / "q4").string();
+  auto q = run_mimo("quantize --in " + model + " --out " + q4 + " --type q4 --quiet");
+  REQUIRE_MESSAGE(q.status == 0, q.err);
+  CHECK(std::filesystem::exists(dir / "q4" / "tokenizer.json"));
+  CHECK(test::read_text(dir / "q4" / "config.json").find("\"quantization_config\"") != std::string::npos);
+  const std::string run = " --tokens 9707 -n 8 --greedy --print-ids --quiet --mtp-depth 0";
+  auto from_file = run_mimo("generate --model " + q4 + run);
+  REQUIRE_MESSAGE(from_file.status == 0, from_file.err);
+  CHECK(std::count(from_file.out.begin(), from_file.out.end(), ',') == 7);
+  // Quantizing while loading gives the same model, so the same tokens.
+  auto on_load = run_mimo("generate --quantize q4" + run);
+  REQUIRE_MESSAGE(on_load.status == 0, on_load.err);
+  CHECK(last_line(on_load.out) == last_line(from_file.out));
+  for (const char* kv : {"f32", "bf16", "i8"}) {
+    auto r = run_mimo(std::string("generate --kv-cache ") + kv + run);
+    CHECK_MESSAGE(r.status == 0, kv, ": ", r.err);
+  }
+  auto bench = run_mimo("bench --model " + q4 + " --prompt 8 --gen 4 --repeat 1 --threads 1 --kv-cache i8");
+  REQUIRE_MESSAGE(bench.status == 0, bench.err);
+  CHECK(bench.out.find("| weights | q4 (groups of 32) |") != std::string::npos);
+  CHECK(bench.out.find("| KV cache | i8 |") != std::string::npos);
+
+  // Errors name the option.
+  auto bad_type = run_mimo("quantize --in " + model + " --out " + (dir / "x").string() + " --type q5");
+  CHECK(bad_type.status == 1);
+  CHECK(bad_type.err.find("--type must be q8 or q4") != std::string::npos);
+  auto no_out = run_mimo("quantize --in " + model + " --type q8");
+  CHECK(no_out.status == 1);
+  CHECK(no_out.err.find("--out is required") != std::string::npos);
+  auto bad_kv = run_mimo("generate --kv-cache q3" + run);
+  CHECK(bad_kv.status == 1);
+  CHECK(bad_kv.err.find("--kv-cache must be") != std::string::npos);
+  auto bad_q = run_mimo("generate --quantize q2" + run);
+  CHECK(bad_q.status == 1);
+  CHECK(bad_q.err.find("--quantize must be") != std::string::npos);
 }

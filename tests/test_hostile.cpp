@@ -461,10 +461,11 @@ TEST_CASE("hostile: a context far beyond memory is an error value") {
   test::synthesize(dir.path(), c, 1);
   auto model = mimo::Model<mimo::Cpu>::load(dir.path());
   REQUIRE(model.has_value());
-  const auto estimate = model->estimate({.context = c.max_position_embeddings});
+  const mimo::Cpu::ContextOptions f32{.threads = 1, .kv_cache = mimo::cpu::KvType::f32};
+  const auto estimate = model->estimate({.context = c.max_position_embeddings, .backend = f32});
   CHECK(estimate.kv_cache == uint64_t{1} << 48);
   Budget budget(5.0, kSanitized ? UINT64_MAX : 64 * kMiB);
-  auto s = model->new_session({.context = c.max_position_embeddings, .backend = {.threads = 1}});
+  auto s = model->new_session({.context = c.max_position_embeddings, .backend = f32});
   REQUIRE_FALSE(s.has_value());
   CHECK(s.error().code() == mimo::Errc::out_of_memory);
 }

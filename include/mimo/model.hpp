@@ -87,6 +87,8 @@ class Model {
   const ModelConfig& config() const { return data_->checkpoint.config(); }
   const Checkpoint& checkpoint() const { return data_->checkpoint; }
   const Weights<B>& weights() const { return data_->weights; }
+  // The bound tensors (views into the mapping, or into memory for weights quantized on load).
+  const ModelTensors& tensors() const { return data_->tensors; }
   MemoryEstimate estimate(const SessionOptions<B>& options) const {
     return estimate_for(config(), data_->checkpoint.tensor_bytes(), options);
   }
@@ -96,9 +98,16 @@ class Model {
   static MemoryEstimate estimate_for(const ModelConfig& c, uint64_t weight_bytes, const SessionOptions<B>& o) {
     MemoryEstimate m;
     m.weights = weight_bytes;
-    const uint64_t per_entry_layer = 2ull * c.kv_dim() * sizeof(float);
-    m.kv_cache = per_entry_layer * c.num_hidden_layers * o.context;
-    m.mtp_cache = c.num_nextn_predict_layers > 0 ? per_entry_layer * o.context : 0;
+    // The cache's element type is the backend's (CPU: ContextOptions::kv_cache; otherwise fp32).
+    auto cache_bytes = [&](int64_t layers) -> uint64_t {
+      if constexpr (requires { B::kv_cache_bytes(o.backend, layers, c.num_key_value_heads, c.head_dim, o.context); }) {
+        return B::kv_cache_bytes(o.backend, layers, c.num_key_value_heads, c.head_dim, o.context);
+      } else {
+        return 2ull * c.kv_dim() * sizeof(float) * static_cast<uint64_t>(layers) * static_cast<uint64_t>(o.context);
+      }
+    };
+    m.kv_cache = cache_bytes(c.num_hidden_layers);
+    m.mtp_cache = c.num_nextn_predict_layers > 0 ? cache_bytes(1) : 0;
     const uint64_t rows = static_cast<uint64_t>(std::max<int64_t>(1, o.batch));
     m.workspace = rows * sizeof(float) *
                   (2 * c.hidden_size + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.intermediate_size + 2 * c.hidden_size) +

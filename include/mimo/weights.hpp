@@ -45,6 +45,25 @@ struct ModelTensors {
   static Expected<ModelTensors> bind(const Checkpoint& ck);
 };
 
+// Bytes of weights one decoding step of the main model reads: every product (codes and scales
+// when quantized), norms and biases, and one row of the embeddings.
+inline uint64_t decode_weight_bytes(const ModelTensors& m) {
+  uint64_t bytes = 0;
+  auto add = [&](const TensorView& t) {
+    if (t) bytes += t.stored_bytes();
+  };
+  for (const auto& b : m.layers) {
+    for (const TensorView* t : {&b.input_layernorm, &b.q_proj, &b.q_bias, &b.k_proj, &b.k_bias, &b.v_proj, &b.v_bias,
+                                &b.o_proj, &b.post_attention_layernorm, &b.gate_proj, &b.up_proj, &b.down_proj}) {
+      add(*t);
+    }
+  }
+  add(m.norm);
+  add(m.lm_head);
+  if (m.embed_tokens) bytes += m.embed_tokens.nbytes() / static_cast<uint64_t>(m.embed_tokens.dim(0));
+  return bytes;
+}
+
 namespace detail {
 
 inline Status bind_block(const Checkpoint& ck, const std::string& prefix, DecoderBlockTensors& b) {

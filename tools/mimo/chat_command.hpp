@@ -23,7 +23,9 @@ int run_chat(const Args& args, const char* program) {
   if (!sampling) return fail("chat", sampling.error());
   auto backend = context_options<B>(args);
   if (!backend) return fail("chat", backend.error());
-  auto model = Model<B>::load(dir);
+  auto load = load_options(args);
+  if (!load) return fail("chat", load.error());
+  auto model = Model<B>::load(dir, *load);
   if (!model) return fail("chat", model.error());
   auto tokenizer = load_tokenizer(args, dir);
   if (!tokenizer) return fail("chat", tokenizer.error());

@@ -22,7 +22,9 @@
 namespace mimo::cli {
 
 // Options every model-running command accepts.
-inline std::set<std::string> model_options() { return {"model", "threads", "context", "backend", "tokenizer", "device"}; }
+inline std::set<std::string> model_options() {
+  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache"};
+}
 inline std::set<std::string> sampling_options() {
   return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
 }
@@ -71,6 +73,30 @@ inline Expected<SamplerOptions> sampler_options(const Args& args) {
   return o;
 }
 
+// --quantize {q8,q4}: quantize the float products while loading (CPU backend; a checkpoint
+// written by `mimo quantize` needs no option).
+inline Expected<LoadOptions> load_options(const Args& args) {
+  LoadOptions o;
+  const std::string q = args.get("quantize", "none");
+  if (q == "q8") {
+    o.quantize.type = QuantType::q8;
+  } else if (q == "q4") {
+    o.quantize.type = QuantType::q4;
+  } else if (q != "none") {
+    return Error(Errc::invalid_argument, "--quantize must be q8, q4 or none, not '" + q + "'");
+  }
+  return o;
+}
+
+// --kv-cache {f32,f16,bf16,i8} (CPU backend; default f16).
+inline Expected<cpu::KvType> kv_cache_type(const Args& args) {
+  const std::string t = args.get("kv-cache", "f16");
+  for (cpu::KvType k : {cpu::KvType::f32, cpu::KvType::f16, cpu::KvType::bf16, cpu::KvType::i8}) {
+    if (t == cpu::to_string(k)) return k;
+  }
+  return Error(Errc::invalid_argument, "--kv-cache must be f32, f16, bf16 or i8, not '" + t + "'");
+}
+
 // The backend's execution options from the command line (specialised per backend).
 template <class B>
 Expected<typename B::ContextOptions> context_options(const Args& args);
@@ -80,7 +106,9 @@ inline Expected<Cpu::ContextOptions> context_options<Cpu>(const Args& args) {
   auto threads = args.get_int("threads", 0);
   if (!threads) return std::move(threads).error();
   if (*threads < 0 || *threads > 1024) return Error(Errc::invalid_argument, "--threads must be in [0, 1024]");
-  return Cpu::ContextOptions{.threads = static_cast<int>(*threads)};
+  auto kv = kv_cache_type(args);
+  if (!kv) return std::move(kv).error();
+  return Cpu::ContextOptions{.threads = static_cast<int>(*threads), .kv_cache = *kv};
 }
 
 inline void print_stats(const GenerationStats& s) {

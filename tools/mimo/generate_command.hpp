@@ -26,7 +26,9 @@ int run_generate(const Args& args, const char* argv0) {
   auto backend = context_options<B>(args);
   if (!backend) return fail("generate", backend.error());
 
-  auto model = Model<B>::load(dir);
+  auto load = load_options(args);
+  if (!load) return fail("generate", load.error());
+  auto model = Model<B>::load(dir, *load);
   if (!model) return fail("generate", model.error());
   auto tokenizer = load_tokenizer(args, dir);
   if (!tokenizer) return fail("generate", tokenizer.error());

@@ -123,6 +123,11 @@ struct Cpu {
                               cpu::KvType type = cpu::KvType::f32) {
     return kv.allocate(type, layers, s.num_kv_heads, s.head_dim, capacity);
   }
+  // Bytes of a cache of `capacity` entries in `layers` layers (Model::estimate).
+  static uint64_t kv_cache_bytes(const ContextOptions& o, int64_t layers, int64_t kv_heads, int64_t head_dim,
+                                 int64_t capacity) {
+    return cpu::kv_state_bytes(o.kv_cache, layers, kv_heads, head_dim, capacity);
+  }
   static Status copy_kv_cache(KvCache& dst, const KvCache& src, int64_t length) { return dst.copy_from(src, length); }
 
   // --- saved state: KV entries [0, length) of every layer and head, keys then values ---

@@ -226,6 +226,10 @@ struct Cuda {
 
   static Expected<Linear> make_linear(const TensorView& t) {
     if (!t || t.shape().size() != 2) return Error(Errc::invalid_argument, "make_linear: expected a 2-d tensor");
+    if (t.quantized()) {
+      return Error(Errc::invalid_argument, "tensor '" + t.name() + "' is quantized (" + std::string(to_string(t.quant)) +
+                                               "); the CUDA backend takes BF16, F16 or F32 weights");
+    }
     Linear l;
     l.rows = t.dim(0);
     l.cols = t.dim(1);
