@@ -19,7 +19,14 @@
 #include <unistd.h>
 
 #include <mimo/io/checkpoint.hpp>
+#include <mimo/mimo.hpp>
 #include <mimo/synth.hpp>
+
+#if defined(MIMO_TEST_EXTERN_CPU)
+// Instantiated once, in tests/cpu_instantiation.cpp.
+extern template class mimo::Model<mimo::Cpu>;
+extern template class mimo::Session<mimo::Cpu>;
+#endif
 
 namespace test {
 

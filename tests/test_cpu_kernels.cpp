@@ -130,7 +130,7 @@ TEST_CASE("isa: levels, features and names") {
 TEST_CASE("matvec: float weights, every instruction set, dtype, row count and size against double sums") {
   std::mt19937 rng(42);
   for (const Format& f : float_formats()) {
-    for (int64_t cols : {1, 7, 16, 17, 64, 100, 257, 1000, 2100}) {
+    for (int64_t cols : {1, 7, 16, 17, 64, 100, 257}) {
       const int64_t rows = 37;
       const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols));
       for (size_t misalign : {0, 2, 6}) {

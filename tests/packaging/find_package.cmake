@@ -17,18 +17,22 @@ foreach(required include/mimo/mimo.hpp lib/cmake/mimo/mimoConfig.cmake lib/cmake
   endif()
 endforeach()
 
+# Every example is its own project that calls find_package(mimo CONFIG REQUIRED); they are
+# configured as subdirectories of one scratch project so that their builds run in parallel (each
+# is one translation unit), each still finding the package through CMAKE_PREFIX_PATH alone.
 file(GLOB examples LIST_DIRECTORIES true ${SOURCE_DIR}/examples/*)
+set(lists "cmake_minimum_required(VERSION 3.20)\nproject(mimo_examples LANGUAGES CXX)\n")
 foreach(example ${examples})
-  if(NOT EXISTS ${example}/CMakeLists.txt)
-    continue()
+  if(EXISTS ${example}/CMakeLists.txt)
+    get_filename_component(name ${example} NAME)
+    string(APPEND lists "add_subdirectory(\"${example}\" \"${name}\")\n")
   endif()
-  get_filename_component(name ${example} NAME)
-  set(build ${WORK_DIR}/${name})
-  run(${CMAKE_COMMAND} -S ${example} -B ${build} -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
-      -DCMAKE_PREFIX_PATH=${prefix})
-  run(${CMAKE_COMMAND} --build ${build})
-  message(STATUS "built example ${name} against ${prefix}")
 endforeach()
+file(WRITE ${WORK_DIR}/all/CMakeLists.txt "${lists}")
+run(${CMAKE_COMMAND} -S ${WORK_DIR}/all -B ${WORK_DIR} -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
+    -DCMAKE_PREFIX_PATH=${prefix})
+run(${CMAKE_COMMAND} --build ${WORK_DIR} --parallel)
+message(STATUS "built the examples against ${prefix}")
 
 # The quickstart example runs on the fixture model.
 run(${WORK_DIR}/quickstart/quickstart ${MODEL_DIR} 4)
