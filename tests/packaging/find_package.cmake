@@ -28,8 +28,8 @@ foreach(example ${examples})
     string(APPEND lists "add_subdirectory(\"${example}\" \"${name}\")\n")
   endif()
 endforeach()
-file(WRITE ${WORK_DIR}/all/CMakeLists.txt "${lists}")
-run(${CMAKE_COMMAND} -S ${WORK_DIR}/all -B ${WORK_DIR} -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
+file(WRITE ${WORK_DIR}/examples-src/CMakeLists.txt "${lists}")
+run(${CMAKE_COMMAND} -S ${WORK_DIR}/examples-src -B ${WORK_DIR} -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
     -DCMAKE_PREFIX_PATH=${prefix})
 run(${CMAKE_COMMAND} --build ${WORK_DIR} --parallel)
 message(STATUS "built the examples against ${prefix}")
