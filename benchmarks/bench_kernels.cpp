@@ -115,15 +115,17 @@ int main(int argc, char** argv) {
     QuantType q;
     int64_t group;
     bool with_min;
+    bool exact = false;  // fp32 products (default: bf16 dot products where the CPU has them)
   };
-  std::vector<Spec> specs = {{"bf16", DType::bf16, QuantType::none, 0, false},
+  std::vector<Spec> specs = {{"bf16 exact", DType::bf16, QuantType::none, 0, false, true},
+                             {"bf16", DType::bf16, QuantType::none, 0, false},
                              {"q8 g32", DType::bf16, QuantType::q8, 32, false},
                              {"q8 g64", DType::bf16, QuantType::q8, 64, false},
                              {"q4 g32", DType::bf16, QuantType::q4, 32, false},
                              {"q4+min g32", DType::bf16, QuantType::q4, 32, true}};
   if (!quick) {
-    specs.insert(specs.begin() + 1, {"f16", DType::f16, QuantType::none, 0, false});
-    specs.insert(specs.begin() + 2, {"f32", DType::f32, QuantType::none, 0, false});
+    specs.insert(specs.begin() + 2, {"f16", DType::f16, QuantType::none, 0, false});
+    specs.insert(specs.begin() + 3, {"f32", DType::f32, QuantType::none, 0, false});
   }
   cpu::LinearScratch scratch;
   if (!scratch.reserve(pool.size(), 11008)) return 1;
@@ -149,7 +151,7 @@ int main(int argc, char** argv) {
       std::vector<double> rates;
       for (int r = 0; r < repeat; ++r) {
         const auto t0 = Clock::now();
-        cpu::linear(pool, isa, false, xr, std::span(&job, 1), scratch);
+        cpu::linear(pool, isa, s.exact, xr, std::span(&job, 1), scratch);
         rates.push_back(static_cast<double>(w.m.bytes()) / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9);
       }
       std::printf(" %.1f |", median(rates));

@@ -1,13 +1,14 @@
 // What speculative decoding costs and gives on the CPU, on a checkpoint of the real shape
 // (`mimo synth --preset 7b`).
 //
-//   bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5]
+//   bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4]
 //
 // steps     the time of one decoding step (one token through the main model) at a context of
 //           `prompt` tokens; the time of one verification pass over 2..5 tokens relative to it
 //           (decoding is memory-bound, so more rows cost little); one MTP drafting step (the MTP
 //           layer and lm_head over one row, plus its catch-up row) relative to it. Medians of
 //           `reps` timings; each pass is rolled back afterwards, so every one sees the same context.
+//           --draft-head: the MTP step's logits through a quantized copy of lm_head (LoadOptions).
 // replay    end-to-end greedy decoding of `gen` tokens: plain, then with a ReplayDrafter that
 //           proposes the plain run's own continuation, right with probability 100%, 90% and 70%,
 //           at depths 1 to 3 (random weights accept almost nothing from the real MTP layer, so
@@ -63,6 +64,7 @@ int32_t argmax(std::span<const float> v) {
 int main(int argc, char** argv) {
   std::string model_dir;
   int threads = 2, prompt_n = 64, gen_n = 32, reps = 5;
+  mimo::LoadOptions load;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--model") model_dir = argv[i + 1];
@@ -70,17 +72,18 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") prompt_n = std::atoi(argv[i + 1]);
     else if (a == "--gen") gen_n = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (a == "--draft-head") load.draft_head = std::strcmp(argv[i + 1], "q4") == 0 ? mimo::QuantType::q4 : mimo::QuantType::q8;
     else {
       std::fprintf(stderr, "bench_speculative: unknown option %s\n", argv[i]);
       return 2;
     }
   }
   if (model_dir.empty() || prompt_n < 2 || gen_n < 2 || reps < 1 || threads < 0) {
-    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5]\n");
+    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4]\n");
     return 2;
   }
 
-  auto model = take(mimo::Model<Cpu>::load(model_dir), "load " + model_dir);
+  auto model = take(mimo::Model<Cpu>::load(model_dir, load), "load " + model_dir);
   const int32_t V = static_cast<int32_t>(model.config().vocab_size);
   auto session = take(model.new_session({.context = prompt_n + 8 * gen_n + 16, .backend = {.threads = threads}}), "session");
   std::mt19937 rng(42);
@@ -132,7 +135,9 @@ int main(int argc, char** argv) {
       pending = emitted.back();
     }
     const double mtp = median(t_mtp);
-    std::printf("| MTP drafting step (1 draft) | %.1f | %.3f |\n", 1e3 * mtp, mtp / step);
+    std::printf("| MTP drafting step (1 draft, lm_head %s) | %.1f | %.3f |\n",
+                load.draft_head == mimo::QuantType::none ? "as stored" : mimo::to_string(load.draft_head).data(), 1e3 * mtp,
+                mtp / step);
     check(session.truncate(P), "truncate");
   }
 

@@ -450,12 +450,12 @@ ModelError compare_logits(const std::vector<float>& got, const std::vector<float
 }
 
 // Logits of every position of `tokens`, appended as a prompt of `prompt` tokens and then one
-// token at a time, with the given KV cache type. The prompt goes in chunks of 8 rows: the matrix
-// products then take the exact (fp32) path, so the differences between types are the cache's.
+// token at a time, with the given KV cache type. The matrix products are exact (fp32), so the
+// differences between types are the cache's.
 std::vector<float> session_logits(const mimo::Model<mimo::Cpu>& model, const std::vector<int32_t>& tokens,
                                   int64_t prompt, KvType type) {
   auto s = model.new_session({.context = static_cast<int64_t>(tokens.size()), .batch = 8,
-                              .backend = {.threads = 2, .kv_cache = type}});
+                              .backend = {.threads = 2, .exact = true, .kv_cache = type}});
   REQUIRE_MESSAGE(s.has_value(), (s ? "" : s.error().describe()));
   std::vector<float> out;
   auto keep = [&](const mimo::Logits& l) { out.insert(out.end(), l.data, l.data + l.rows * l.vocab); };

@@ -88,7 +88,7 @@ void write_dequantized(const fs::path& in, const fs::path& out) {
 
 mimo::Session<mimo::Cpu> exact_session(const mimo::Model<mimo::Cpu>& model, int64_t batch = 64) {
   auto s = model.new_session(
-      {.context = 64, .batch = batch, .backend = {.threads = 2, .exact_prefill = true, .kv_cache = mimo::cpu::KvType::f32}});
+      {.context = 64, .batch = batch, .backend = {.threads = 2, .exact = true, .kv_cache = mimo::cpu::KvType::f32}});
   REQUIRE_MESSAGE(s.has_value(), (s ? "" : s.error().describe()));
   return std::move(*s);
 }

@@ -70,7 +70,7 @@ TEST_CASE("generated shapes: main logits and MTP steps match the double-precisio
     for (int64_t batch : {16, 64}) {
       CAPTURE(batch);
       auto s = model->new_session(
-          {.context = 64, .batch = batch, .backend = {.threads = 2, .exact_prefill = true, .kv_cache = mimo::cpu::KvType::f32}});
+          {.context = 64, .batch = batch, .backend = {.threads = 2, .exact = true, .kv_cache = mimo::cpu::KvType::f32}});
       REQUIRE(s.has_value());
       auto logits = s->append(tokens, {.logits = mimo::OutputRows::all, .hidden = mimo::OutputRows::all});
       REQUIRE(logits.has_value());
@@ -134,7 +134,7 @@ TEST_CASE("generated shapes: decoding token by token matches the reference at ev
     if (!mimo::cpu::isa_supported(isa)) continue;
     CAPTURE(mimo::cpu::to_string(isa));
     auto s = model->new_session(
-        {.context = 32, .batch = 8, .backend = {.threads = 2, .isa = isa, .exact_prefill = true, .kv_cache = mimo::cpu::KvType::f32}});
+        {.context = 32, .batch = 8, .backend = {.threads = 2, .isa = isa, .exact = true, .kv_cache = mimo::cpu::KvType::f32}});
     REQUIRE(s.has_value());
     // A 5-token prompt, then single tokens, then a 3-token "verification" batch, then singles.
     size_t t = 0;

@@ -4,6 +4,7 @@
 // the drafter's MTP logits equal the fixture's.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -30,10 +31,10 @@ std::shared_ptr<mimo::cpu::ThreadPool> single_thread() {
   return pool;
 }
 
-Session session_of(const Model& m, int64_t context = 512, int64_t batch = 64, bool exact_prefill = false) {
+Session session_of(const Model& m, int64_t context = 512, int64_t batch = 64, bool exact = false) {
   auto s = m.new_session({.context = context,
                           .batch = batch,
-                          .backend = {.pool = single_thread(), .exact_prefill = exact_prefill, .kv_cache = mimo::cpu::KvType::f32}});
+                          .backend = {.pool = single_thread(), .exact = exact, .kv_cache = mimo::cpu::KvType::f32}});
   REQUIRE(s.has_value());
   return std::move(*s);
 }
@@ -215,7 +216,7 @@ TEST_CASE("speculative: the MTP drafter's logits equal the fixture's at every po
   const int64_t V = m.config().vocab_size;
   auto drafter = mimo::MtpDrafter<mimo::Cpu>::create(m, {.depth = 1});
   REQUIRE(drafter.has_value());
-  auto s = session_of(m);
+  auto s = session_of(m, 512, 64, /*exact=*/true);  // fp32 products, to compare at 1e-4
   double worst = 0.0;
   // Feed the prompt token by token; at each position t the drafter proposes from (h_t, x_{t+1}).
   for (size_t t = 0; t + 1 < prompt.size(); ++t) {
@@ -234,7 +235,7 @@ TEST_CASE("speculative: the MTP drafter's logits equal the fixture's at every po
 
   // The same through catch_up after a one-call prefill (fp32, to compare at 1e-4), then one
   // proposal at the end.
-  auto s2 = session_of(m, 512, 64, /*exact_prefill=*/true);
+  auto s2 = session_of(m, 512, 64, /*exact=*/true);
   REQUIRE(s2.append(std::span<const int32_t>(prompt).first(prompt.size() - 1), {.hidden = mimo::OutputRows::all}).has_value());
   REQUIRE(drafter->catch_up(s2).has_value());
   CHECK(s2.mtp_size(0) == static_cast<int64_t>(prompt.size()) - 2);
@@ -288,7 +289,7 @@ TEST_CASE("speculative: a deeper draft step matches the reference chain (two MTP
   const int64_t S = 13;
   auto drafter = mimo::MtpDrafter<mimo::Cpu>::create(m, {.depth = 3});
   REQUIRE(drafter.has_value());
-  auto s = session_of(m);
+  auto s = session_of(m, 512, 64, /*exact=*/true);  // fp32 products, to compare at 1e-4
   // Prefill in two chunks with a catch-up after each, as generate does.
   for (auto [first, n] : {std::pair<int64_t, int64_t>{0, 7}, {7, 6}}) {
     REQUIRE(s.append(std::span<const int32_t>(tokens).subspan(first, n), {.hidden = mimo::OutputRows::all}).has_value());
@@ -320,4 +321,49 @@ TEST_CASE("speculative: a deeper draft step matches the reference chain (two MTP
   CHECK(s.mtp_size(0) == S);
   CHECK(s.mtp_size(1) == S - 1);
   CHECK(s.mtp_size(2) == S - 2);
+}
+
+TEST_CASE("speculative: a quantized draft head changes the drafts' logits a little and the output not at all") {
+  const auto config = test::small_config(300, 64, 2, 4, 2, 16, 96, 1);
+  test::TempDir dir;
+  test::synthesize(dir.path(), config, 31);
+  const Model exact_head = load(dir.path());
+  const auto prompt = test::random_tokens(20, config.vocab_size, 4);
+  const auto plain = run(exact_head, prompt, 120, {.greedy = true}, 0);
+  // MTP step-0 logits at the last prompt position through lm_head as stored.
+  auto mtp_logits = [&](const Model& m) {
+    auto s = session_of(m);
+    REQUIRE(s.append(std::span<const int32_t>(prompt).first(prompt.size() - 1), {.hidden = mimo::OutputRows::all}).has_value());
+    auto d = mimo::MtpDrafter<mimo::Cpu>::create(m);
+    REQUIRE(d.has_value());
+    REQUIRE(d->propose(s, prompt.back(), 1, nullptr).has_value());
+    const auto row = s.mtp_logits().last();
+    return std::vector<float>(row.begin(), row.end());
+  };
+  const auto reference = mtp_logits(exact_head);
+  double scale = 0.0;
+  for (float v : reference) scale = std::max(scale, static_cast<double>(std::abs(v)));
+  for (mimo::QuantType q : {mimo::QuantType::q8, mimo::QuantType::q4}) {
+    CAPTURE(mimo::to_string(q));
+    auto m = Model::load(dir.path(), {.draft_head = q});
+    REQUIRE(m.has_value());
+    const auto got = mtp_logits(*m);
+    double worst = 0.0;
+    for (size_t v = 0; v < got.size(); ++v) worst = std::max(worst, static_cast<double>(std::abs(got[v] - reference[v])));
+    MESSAGE(mimo::to_string(q), " draft head: max |MTP logit - as stored| = ", worst, " (logits up to ", scale, ")");
+    CHECK(worst > 0.0);  // the copy is in use
+    CHECK(worst < (q == mimo::QuantType::q8 ? 0.02 : 0.15) * scale);
+    // The main model's logits still go through lm_head as stored.
+    auto a = session_of(exact_head), b = session_of(*m);
+    auto la = a.append(prompt, {.logits = mimo::OutputRows::last});
+    auto lb = b.append(prompt, {.logits = mimo::OutputRows::last});
+    REQUIRE((la.has_value() && lb.has_value()));
+    CHECK(std::equal(la->data, la->data + config.vocab_size, lb->data));
+    for (int depth = 1; depth <= 3; ++depth) CHECK(run(*m, prompt, 120, {.greedy = true}, depth) == plain);
+  }
+  // Without MTP layers the option does nothing (and costs nothing).
+  auto no_mtp = test::small_config(300, 64, 2, 4, 2, 16, 96, 0);
+  test::TempDir dir2;
+  test::synthesize(dir2.path(), no_mtp, 32);
+  CHECK(Model::load(dir2.path(), {.draft_head = mimo::QuantType::q8}).has_value());
 }

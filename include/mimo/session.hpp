@@ -348,7 +348,7 @@ Expected<Logits> Session<B>::mtp_forward(const MtpBatch& b, const std::atomic<bo
   Status done = B::forward(ctx_, [&](typename B::Context& x) -> Status {
     B::gather_rows(x, source, b.source_rows, *prev);
     mtp_layer<B>(x, c, w, layer, st.kv, length, *prev, b.tokens, b.positions, act_.with_rows(n), *out);
-    if (logit_rows > 0) B::linear(x, out->slice(n - logit_rows, logit_rows), {{&w.lm_head, nullptr, *logits_dev}});
+    if (logit_rows > 0) B::linear(x, out->slice(n - logit_rows, logit_rows), {{&w.mtp_head(), nullptr, *logits_dev}});
     return ok();
   });
   if (done && logit_rows > 0) done = B::to_host(ctx_, *logits_dev, mtp_logits_buf_.data());

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -38,6 +39,9 @@ struct Weights {
   typename B::Vector norm;
   typename B::Linear lm_head;  // (V, H)
   std::vector<MtpWeights<B>> mtp_layers;
+  std::optional<typename B::Linear> draft_head;  // a cheaper copy of lm_head for the MTP steps, if any
+
+  const typename B::Linear& mtp_head() const { return draft_head ? *draft_head : lm_head; }
 };
 
 namespace detail {
@@ -86,6 +90,11 @@ Expected<Weights<B>> prepare_weights(const ModelTensors& t, Progress&& progress)
   auto head = B::make_linear(t.lm_head);
   if (!head) return std::move(head).error();
   w.lm_head = std::move(*head);
+  if (t.draft_head) {
+    auto draft = B::make_linear(t.draft_head);
+    if (!draft) return std::move(draft).error();
+    w.draft_head = std::move(*draft);
+  }
   auto norm = B::make_vector(t.norm);
   if (!norm) return std::move(norm).error();
   w.norm = std::move(*norm);

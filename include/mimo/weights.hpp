@@ -41,6 +41,9 @@ struct ModelTensors {
   TensorView norm;     // (H)
   TensorView lm_head;  // (V, H); embed_tokens when tie_word_embeddings
   std::vector<MtpLayerTensors> mtp_layers;
+  // The MTP steps' logits through a quantized copy of lm_head (LoadOptions::draft_head), or empty:
+  // through lm_head itself.
+  TensorView draft_head;
 
   static Expected<ModelTensors> bind(const Checkpoint& ck);
 };

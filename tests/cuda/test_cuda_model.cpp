@@ -36,7 +36,7 @@ mimo::Session<B> session_of(const mimo::Model<B>& m, int64_t context = 128, int6
                             typename B::ContextOptions options = {}) {
   if constexpr (std::is_same_v<B, mimo::Cpu>) {
     // The CPU side is the reference: fp32 products and cache, not its faster defaults.
-    options.exact_prefill = true;
+    options.exact = true;
     options.kv_cache = mimo::cpu::KvType::f32;
   }
   auto s = m.new_session({.context = context, .batch = batch, .backend = options});

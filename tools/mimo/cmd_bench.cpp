@@ -1,5 +1,5 @@
 // mimo bench --model DIR [--prompt 512] [--gen 64] [--threads N] [--mtp-depth D] [--repeat R]
-//            [--quantize {q8,q4}] [--kv-cache {f32,f16,bf16,i8}] [--exact]
+//            [--quantize {q8,q4}] [--kv-cache {f32,f16,bf16,i8}] [--draft-head {q8,q4}] [--exact]
 //
 // Prefill and decode speed on the CPU (medians over repetitions), the bytes of weights one
 // decoding step reads, the bandwidth that achieves and its fraction of the read bandwidth
@@ -56,7 +56,7 @@ double peak_rss_gib() {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
-  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache"},
+  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache", "draft-head"},
                                {"exact"});
   if (!args) return cli::fail("bench", args.error());
   auto prompt_n = args->get_int("prompt", 512);
@@ -106,7 +106,7 @@ int cmd_bench(int argc, char** argv) {
 
   const int64_t context = *prompt_n + *gen_n + 8;
   auto session = model->new_session(
-      {.context = context, .backend = {.pool = *pool, .exact_prefill = args->flag("exact"), .kv_cache = *kv}});
+      {.context = context, .backend = {.pool = *pool, .exact = args->flag("exact"), .kv_cache = *kv}});
   if (!session) return cli::fail("bench", session.error());
   std::mt19937 rng(1234);
   std::vector<int32_t> prompt(static_cast<size_t>(*prompt_n));

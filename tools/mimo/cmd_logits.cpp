@@ -9,6 +9,7 @@
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "cpu_model.hpp"
 
 int cmd_logits(int argc, char** argv) {
   using namespace mimo;
@@ -39,7 +40,7 @@ int cmd_logits(int argc, char** argv) {
   auto session = model->new_session(
       {.context = std::max<int64_t>(T, 1),
        .batch = batch,
-       .backend = {.threads = static_cast<int>(*threads), .exact_prefill = true, .kv_cache = mimo::cpu::KvType::f32}});  // reference logits: fp32 throughout
+       .backend = {.threads = static_cast<int>(*threads), .exact = true, .kv_cache = mimo::cpu::KvType::f32}});  // reference logits: fp32 throughout
   if (!session) return cli::fail("logits", session.error());
 
   const bool mtp = K >= 0;

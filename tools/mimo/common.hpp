@@ -18,12 +18,13 @@
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "cpu_model.hpp"
 
 namespace mimo::cli {
 
 // Options every model-running command accepts.
 inline std::set<std::string> model_options() {
-  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache"};
+  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head"};
 }
 inline std::set<std::string> sampling_options() {
   return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
@@ -74,17 +75,23 @@ inline Expected<SamplerOptions> sampler_options(const Args& args) {
 }
 
 // --quantize {q8,q4}: quantize the float products while loading (CPU backend; a checkpoint
-// written by `mimo quantize` needs no option).
+// written by `mimo quantize` needs no option). --draft-head {q8,q4}: the MTP drafter's logits
+// through a quantized copy of lm_head (LoadOptions::draft_head; CPU backend).
 inline Expected<LoadOptions> load_options(const Args& args) {
   LoadOptions o;
-  const std::string q = args.get("quantize", "none");
-  if (q == "q8") {
-    o.quantize.type = QuantType::q8;
-  } else if (q == "q4") {
-    o.quantize.type = QuantType::q4;
-  } else if (q != "none") {
-    return Error(Errc::invalid_argument, "--quantize must be q8, q4 or none, not '" + q + "'");
-  }
+  auto quant = [&](const char* flag) -> Expected<QuantType> {
+    const std::string q = args.get(flag, "none");
+    if (q == "q8") return QuantType::q8;
+    if (q == "q4") return QuantType::q4;
+    if (q == "none") return QuantType::none;
+    return Error(Errc::invalid_argument, std::string("--") + flag + " must be q8, q4 or none, not '" + q + "'");
+  };
+  auto q = quant("quantize");
+  if (!q) return std::move(q).error();
+  o.quantize.type = *q;
+  auto head = quant("draft-head");
+  if (!head) return std::move(head).error();
+  o.draft_head = *head;
   return o;
 }
 

@@ -31,8 +31,9 @@ struct Cpu {
     int threads = 0;                         // threads of a pool the session creates (0: hardware threads)
     std::shared_ptr<cpu::ThreadPool> pool{}; // or a pool shared with other sessions (threads is then ignored)
     cpu::Isa isa = cpu::detect_isa();        // kernels to use; lower it to force a fallback
-    bool exact_prefill = false;              // prefill products in fp32 (default: bf16 dot products where the
-                                             // CPU has them, activations rounded to bf16; gemm.hpp)
+    bool exact = false;                      // every product in fp32 (default: with BF16 or quantized weights,
+                                             // bf16 dot products where the CPU has them, activations
+                                             // rounded to bf16; matvec.hpp, gemm.hpp)
     cpu::KvType kv_cache = cpu::KvType::f16;  // element type of the KV caches (kv_cache.hpp; f32 is exact)
   };
 
@@ -47,7 +48,7 @@ struct Cpu {
   struct Context {
     std::shared_ptr<cpu::ThreadPool> pool;
     cpu::Isa isa = cpu::Isa::scalar;
-    bool exact_prefill = false;
+    bool exact = false;
     cpu::LinearScratch products;
     cpu::AttentionScratch attention;  // per-thread attention memory and split-K partials
     std::vector<float> rope_table;
@@ -99,7 +100,7 @@ struct Cpu {
       c.pool = std::move(*pool);
     }
     c.isa = cpu::isa_supported(o.isa) ? o.isa : cpu::detect_isa();
-    c.exact_prefill = o.exact_prefill;
+    c.exact = o.exact;
     c.kv_type = o.kv_cache;
     if (auto s = c.products.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
     if (!cpu::valid_kv_type(o.kv_cache)) {
@@ -112,7 +113,7 @@ struct Cpu {
 
   // Options for another context that shares this one's threads (a copied session).
   static ContextOptions shared_context_options(const Context& c) {
-    return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .exact_prefill = c.exact_prefill, .kv_cache = c.kv_type};
+    return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .exact = c.exact, .kv_cache = c.kv_type};
   }
 
   // A cache of the context's type (ContextOptions::kv_cache), or of an explicit type.
@@ -176,7 +177,7 @@ struct Cpu {
     for (size_t i = 0; i < ops.size(); ++i) {
       jobs[i] = cpu::LinearJob{ops[i].weight, ops[i].bias ? ops[i].bias->data() : nullptr, ops[i].out, ops[i].accumulate};
     }
-    cpu::linear(*c.pool, c.isa, c.exact_prefill, x, std::span<const cpu::LinearJob>(jobs, ops.size()), c.products);
+    cpu::linear(*c.pool, c.isa, c.exact, x, std::span<const cpu::LinearJob>(jobs, ops.size()), c.products);
   }
   static void linear(Context& c, const Rows& x, std::initializer_list<LinearOp> ops) {
     linear(c, x, std::span<const LinearOp>(ops.begin(), ops.size()));

@@ -2,8 +2,9 @@
 // one parallel job so that q/k/v (or gate/up) cost one wake-up of the thread pool.
 //   n <= kMaxMatvecRows (decode, verification of drafts): each thread streams a share of the
 //     weight rows once (memory-bound; matvec.hpp, matvec_quant.hpp);
-//   larger n (prefill): blocked, packed matrix-matrix products (compute-bound; gemm.hpp), exact
-//     fp32 or, unless `exact_prefill`, bf16 dot products where the CPU has them.
+//   larger n (prefill): blocked, packed matrix-matrix products (compute-bound; gemm.hpp).
+// Unless `exact`, BF16 (and, in prefill, quantized) weights use bf16 dot products of activations
+// rounded to bf16 where the CPU has AVX512_BF16; `exact` keeps every product in fp32.
 #pragma once
 
 #include <algorithm>
@@ -24,22 +25,28 @@ namespace mimo::cpu {
 struct LinearScratch {
   GemmScratch gemm;
   mimo::detail::AlignedBuffer<std::byte> quant;  // per thread: activation rows quantized for the decode kernels
+  mimo::detail::AlignedBuffer<uint16_t> x16;     // per thread: activation rows rounded to bf16 for the decode kernels
   uint64_t quant_per_thread = 0;
+  int64_t x16_per_thread = 0;
   int64_t max_cols = 0;
 
   Status reserve(int threads, int64_t cols) {
     max_cols = cols;
     if (auto s = gemm.reserve(threads, cols); !s) return s;
     quant_per_thread = (QuantizedRows::bytes_for(kMaxMatvecRows, cols) + 63) / 64 * 64;
-    return quant.reserve(static_cast<uint64_t>(threads) * quant_per_thread, "quantized activation scratch");
+    if (auto s = quant.reserve(static_cast<uint64_t>(threads) * quant_per_thread, "quantized activation scratch"); !s) {
+      return s;
+    }
+    x16_per_thread = kMaxMatvecRows * bf16_row_stride(cols);
+    return x16.reserve(static_cast<uint64_t>(threads * x16_per_thread), "bf16 activation scratch");
   }
 };
 
-inline void linear(ThreadPool& pool, Isa isa, bool exact_prefill, const Rows& x, std::span<const LinearJob> jobs,
+inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::span<const LinearJob> jobs,
                    LinearScratch& scratch) {
   const int64_t n = x.count;
   if (n == 0) return;
-  if (n > kMaxMatvecRows) return gemm(pool, isa, exact_prefill, x, jobs, scratch.gemm);
+  if (n > kMaxMatvecRows) return gemm(pool, isa, exact, x, jobs, scratch.gemm);
 
   // Output rows of all jobs, concatenated, are split evenly between threads.
   int64_t total_rows = 0;
@@ -48,10 +55,12 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact_prefill, const Rows& x,
     // Round shares to 16 rows so threads do not write the same cache lines of y.
     const int64_t blocks = (total_rows + 15) / 16;
     const int64_t begin = std::min(total_rows, blocks * t / nt * 16), end = std::min(total_rows, blocks * (t + 1) / nt * 16);
-    // Quantized weights read the rows quantized to int8, once per call and thread.
+    // Quantized weights read the rows quantized to int8, fast BF16 weights the rows rounded to
+    // bf16: prepared once per call and thread (no barrier between threads).
     QuantizedRows xq;
     xq.bind(scratch.quant.data() + t * scratch.quant_per_thread, kMaxMatvecRows, scratch.max_cols);
-    bool prepared = false;
+    uint16_t* x16 = scratch.x16.data() + t * scratch.x16_per_thread;
+    bool prepared = false, rounded = false;
     int64_t offset = 0;
     for (const auto& j : jobs) {
       const int64_t r0 = std::max(begin, offset) - offset, r1 = std::min(end, offset + j.weight->rows) - offset;
@@ -62,7 +71,13 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact_prefill, const Rows& x,
         prepare_rows(x.data, x.stride, static_cast<int>(n), x.width, xq);
         prepared = true;
       }
-      const MatvecArgs args{x.data, x.stride, static_cast<int>(n), j.out.data, j.out.stride, j.bias, j.accumulate, &xq};
+      const bool fast = !exact && matvec_fast(isa, w);
+      if (fast && !rounded) {
+        round_rows_bf16(x.data, x.stride, static_cast<int>(n), x.width, x16);
+        rounded = true;
+      }
+      const MatvecArgs args{x.data,       x.stride, static_cast<int>(n), j.out.data, j.out.stride, j.bias,
+                            j.accumulate, &xq,      fast ? x16 : nullptr, bf16_row_stride(x.width)};
       matvec(isa, w, args, r0, r1);
     }
   });

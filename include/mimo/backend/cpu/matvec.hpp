@@ -1,7 +1,11 @@
 // Products of a weight matrix with a few fp32 activation rows: the decode and verification path,
 // which streams each weight once for up to kMaxMatvecRows rows, so it runs at memory bandwidth.
 //
-// Float weights (BF16, F16, F32, used in place): exact fp32 arithmetic (weights widen exactly).
+// Float weights (BF16, F16, F32, used in place): exact fp32 arithmetic (weights widen exactly);
+// or, for BF16 weights on CPUs with AVX512_BF16 when the caller passes the activations rounded
+// to bf16 (MatvecArgs::x16, the default "fast" products), vdpbf16ps dot products of bf16 pairs
+// with fp32 accumulation: half the instructions and half the activation bytes per weight, which
+// keeps several vectors (verification of drafts) at memory speed.
 // Quantized weights (q8, q4): integer dot products of the codes with the activations quantized
 // to int8 per group of 32 (matvec_quant.hpp).
 //
@@ -24,9 +28,12 @@
 #include <immintrin.h>
 #endif
 
+
+
 namespace mimo::cpu {
 
 inline constexpr int kMaxMatvecRows = 16;
+
 
 // The arguments of one y = x W^T (+ bias) (+ y) over output rows [r0, r1).
 struct MatvecArgs {
@@ -38,7 +45,26 @@ struct MatvecArgs {
   const float* bias;   // W.rows floats or null
   bool accumulate;     // add to y instead of overwriting it (fuses the residual add)
   const QuantizedRows* xq = nullptr;  // quantized weights: x prepared by prepare_rows for W's format
+  const uint16_t* x16 = nullptr;      // or null: x rounded to bf16 (round_rows_bf16), for matvec_fast weights
+  int64_t ldx16 = 0;                  // a multiple of 32 elements, zero past W.cols
 };
+
+// Whether matvec uses bf16 dot products for w when given rounded activations.
+inline bool matvec_fast(Isa isa, const WeightMatrix& w) {
+  return has_bf16(isa) && !w.quantized() && w.dtype == DType::bf16;
+}
+
+// Elements of a row of bf16 activations for `cols` columns: padded to whole 32-column steps.
+constexpr int64_t bf16_row_stride(int64_t cols) { return (cols + 31) / 32 * 32; }
+
+// Rows of x rounded to bf16 (nearest even), stride bf16_row_stride(cols), zero-padded.
+inline void round_rows_bf16(const float* x, int64_t ldx, int n, int64_t cols, uint16_t* dst) {
+  const int64_t stride = bf16_row_stride(cols);
+  for (int i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < cols; ++k) dst[i * stride + k] = f32_to_bf16(x[i * ldx + k]);
+    for (int64_t k = cols; k < stride; ++k) dst[i * stride + k] = 0;
+  }
+}
 
 namespace detail {
 
@@ -84,6 +110,8 @@ MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, con
 #pragma GCC unroll 8
   for (int i = 0; i < N; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < full; k += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(w0 + k * esize + kPrefetchAhead), _MM_HINT_T0);
+    if constexpr (esize > 2) _mm_prefetch(reinterpret_cast<const char*>(w0 + k * esize + kPrefetchAhead + 64), _MM_HINT_T0);
     const __m512 wa = load16(w0 + k * esize, T, 0xffff), wb = load16(w0 + (k + 16) * esize, T, 0xffff);
 #pragma GCC unroll 8
     for (int i = 0; i < N; ++i) {
@@ -107,6 +135,48 @@ MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, con
     }
   }
   for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc0[i], acc1[i]));
+}
+
+// One BF16 weight row times N bf16 vectors: per 32 columns one vdpbf16ps per vector, whose lane
+// l adds the products of columns 2l+1 and 2l of the step (exact in fp32) to its sum. Two
+// accumulators per vector (alternate steps) keep two chains in flight; the padded tail of x is
+// zero, and the weight tail is read under a mask. Result: the fixed sum of the lanes of acc0 + acc1.
+template <int N>
+MIMO_TARGET_AVX512_BF16 void matvec_row_bf16dot(const std::byte* w0, int64_t cols, const uint16_t* x, int64_t ldx,
+                                                float* out) {
+  const int64_t full = cols / 64 * 64;
+  __m512 acc0[N], acc1[N];
+#pragma GCC unroll 8
+  for (int i = 0; i < N; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < full; k += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(w0 + 2 * k + kPrefetchAhead), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w0 + 2 * k + kPrefetchAhead + 64), _MM_HINT_T0);
+    const __m512bh wa = (__m512bh)_mm512_loadu_si512(w0 + 2 * k), wb = (__m512bh)_mm512_loadu_si512(w0 + 2 * k + 64);
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) {
+      acc0[i] = _mm512_dpbf16_ps(acc0[i], wa, (__m512bh)_mm512_loadu_si512(x + i * ldx + k));
+      acc1[i] = _mm512_dpbf16_ps(acc1[i], wb, (__m512bh)_mm512_loadu_si512(x + i * ldx + k + 32));
+    }
+  }
+  for (int64_t k = full; k < cols; k += 32) {
+    const int64_t left = cols - k;
+    const __mmask32 m = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1u);
+    const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + 2 * k);
+    for (int i = 0; i < N; ++i) acc0[i] = _mm512_dpbf16_ps(acc0[i], wv, (__m512bh)_mm512_loadu_si512(x + i * ldx + k));
+  }
+  for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc0[i], acc1[i]));
+}
+
+template <int N, DType T>
+MIMO_TARGET_AVX512_BF16 void matvec_chunk_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int i0, int64_t r0,
+                                                  int64_t r1) {
+  const int64_t ldw = w.row_bytes();
+  const uint16_t* x = a.x16 + i0 * a.ldx16;
+  for (int64_t r = r0; r < r1; ++r) {
+    float out[N];
+    matvec_row_bf16dot<N>(w.data + r * ldw, w.cols, x, a.ldx16, out);
+    for (int i = 0; i < N; ++i) store_output(a, i0 + i, r, out[i]);
+  }
 }
 
 // Rows [r0, r1), vectors [i0, i0 + N), one row at a time: a single stream per thread measured
@@ -180,6 +250,14 @@ void matvec_avx512(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64
   }
 }
 template <DType T>
+void matvec_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
+  const int64_t block = a.n > 8 ? 16 : r1 - r0;
+  for (int64_t b0 = r0; b0 < r1; b0 += block) {
+    const int64_t b1 = std::min(r1, b0 + block);
+    MIMO_MATVEC_CHUNKS(matvec_chunk_bf16dot)
+  }
+}
+template <DType T>
 void matvec_avx2(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
   const int64_t block = a.n > 8 ? 16 : r1 - r0;
   for (int64_t b0 = r0; b0 < r1; b0 += block) {
@@ -193,13 +271,15 @@ void matvec_avx2(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t
 
 }  // namespace detail
 
-// y rows [0, n) x columns [r0, r1) of x W^T (+ bias) (+ y), on the given instruction set.
+// y rows [0, n) x columns [r0, r1) of x W^T (+ bias) (+ y), on the given instruction set; bf16 dot
+// products when a.x16 is given and matvec_fast(isa, w).
 inline void matvec(Isa isa, const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
   if (w.quantized()) {
     matvec_quantized(isa, w, *a.xq, r0, r1, [&](int i, int64_t r, float dot) { detail::store_output(a, i, r, dot); });
     return;
   }
 #if MIMO_X86
+  if (a.x16 && matvec_fast(isa, w)) return detail::matvec_bf16dot<DType::bf16>(w, a, r0, r1);
   if (has_avx512(isa)) {
     switch (w.dtype) {
       case DType::bf16: return detail::matvec_avx512<DType::bf16>(w, a, r0, r1);

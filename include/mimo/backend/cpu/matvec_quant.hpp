@@ -196,6 +196,8 @@ MIMO_TARGET_AVX512_VNNI inline __m512i load_codes64(const std::byte* row, int64_
 // masked, for an odd last block (a lambda would lose the function's target attribute).
 #define MIMO_QPAIR_AVX512(one)                                                                                  \
   {                                                                                                            \
+    _mm_prefetch(reinterpret_cast<const char*>(row + p * (Q == QuantType::q8 ? 64 : 32) + kPrefetchAhead),    \
+                 _MM_HINT_T0);                                                                                 \
     const __m512i codes = load_codes64<Q, Min>(row, 2 * p, one);                                               \
     /* -128 * (the sum of each lane's 4 codes): the share of the activations' offset */                        \
     const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),                                              \
