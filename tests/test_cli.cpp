@@ -153,4 +153,17 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
   auto bad_q = run_mimo("generate --quantize q2" + run);
   CHECK(bad_q.status == 1);
   CHECK(bad_q.err.find("--quantize must be") != std::string::npos);
+  // A quantized draft head drafts differently but emits the same tokens as plain decoding.
+  const std::string drafting = " --tokens 9707 -n 16 --greedy --print-ids --quiet";
+  auto plain = run_mimo("generate --mtp-depth 0" + drafting);
+  REQUIRE(plain.status == 0);
+  for (const char* head : {"q8", "q4"}) {
+    CAPTURE(head);
+    auto drafted = run_mimo(std::string("generate --mtp-depth 2 --draft-head ") + head + drafting);
+    REQUIRE_MESSAGE(drafted.status == 0, drafted.err);
+    CHECK(last_line(drafted.out) == last_line(plain.out));
+  }
+  auto bad_head = run_mimo("generate --draft-head q5" + run);
+  CHECK(bad_head.status == 1);
+  CHECK(bad_head.err.find("--draft-head must be") != std::string::npos);
 }

@@ -241,30 +241,19 @@ MIMO_TARGET_AVX2 void matvec_chunk_avx2(const WeightMatrix& w, const MatvecArgs&
 
 // Blocks of 16 rows: with more than 8 vectors, each block's weights are read from memory once
 // and from cache for the second chunk.
-template <DType T>
-void matvec_avx512(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
-  const int64_t block = a.n > 8 ? 16 : r1 - r0;
-  for (int64_t b0 = r0; b0 < r1; b0 += block) {
-    const int64_t b1 = std::min(r1, b0 + block);
-    MIMO_MATVEC_CHUNKS(matvec_chunk_avx512)
+#define MIMO_MATVEC_BLOCKS(name, chunk)                                               \
+  template <DType T>                                                                  \
+  void name(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {     \
+    const int64_t block = a.n > 8 ? 16 : r1 - r0;                                     \
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {                                     \
+      const int64_t b1 = std::min(r1, b0 + block);                                    \
+      MIMO_MATVEC_CHUNKS(chunk)                                                       \
+    }                                                                                 \
   }
-}
-template <DType T>
-void matvec_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
-  const int64_t block = a.n > 8 ? 16 : r1 - r0;
-  for (int64_t b0 = r0; b0 < r1; b0 += block) {
-    const int64_t b1 = std::min(r1, b0 + block);
-    MIMO_MATVEC_CHUNKS(matvec_chunk_bf16dot)
-  }
-}
-template <DType T>
-void matvec_avx2(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
-  const int64_t block = a.n > 8 ? 16 : r1 - r0;
-  for (int64_t b0 = r0; b0 < r1; b0 += block) {
-    const int64_t b1 = std::min(r1, b0 + block);
-    MIMO_MATVEC_CHUNKS(matvec_chunk_avx2)
-  }
-}
+MIMO_MATVEC_BLOCKS(matvec_avx512, matvec_chunk_avx512)
+MIMO_MATVEC_BLOCKS(matvec_bf16dot, matvec_chunk_bf16dot)
+MIMO_MATVEC_BLOCKS(matvec_avx2, matvec_chunk_avx2)
+#undef MIMO_MATVEC_BLOCKS
 #undef MIMO_MATVEC_CHUNKS
 
 #endif  // MIMO_X86
