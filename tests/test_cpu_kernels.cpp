@@ -52,7 +52,7 @@ struct Format {
 std::vector<Format> float_formats() { return {{DType::bf16}, {DType::f16}, {DType::f32}}; }
 std::vector<Format> quant_formats() {
   return {{DType::bf16, QuantType::q8, 32}, {DType::bf16, QuantType::q8, 64}, {DType::bf16, QuantType::q4, 32},
-          {DType::bf16, QuantType::q4, 64, true}};
+          {DType::bf16, QuantType::q4, 64, true}, {DType::bf16, QuantType::q4, 128}};
 }
 
 Stored store(const std::vector<float>& w, int64_t rows, int64_t cols, const Format& f, size_t misalign) {
@@ -293,7 +293,7 @@ TEST_CASE("quantize: codes, scales and dequantized values of each format") {
 TEST_CASE("matvec: quantized weights, every instruction set, format, row count and size") {
   std::mt19937 rng(7);
   for (const Format& f : quant_formats()) {
-    for (int64_t cols : {64, 128, 192, 352, 4160}) {
+    for (int64_t cols : {64, 128, 192, 352, 384, 4160}) {
       if (cols % f.group) continue;
       const int64_t rows = 21;
       const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols), 0.1f);
@@ -311,7 +311,7 @@ TEST_CASE("matvec: quantized weights, every instruction set, format, row count a
             CAPTURE(n);
             CAPTURE(misalign);
             QuantScratch q(cols);
-            mimo::cpu::prepare_rows(xp, ldx, n, cols, q.rows);
+            mimo::cpu::prepare_rows(xp, ldx, n, cols, s.m, q.rows);
             // The activations as the kernels see them: within half a step of x.
             for (int i = 0; i < n; ++i) {
               for (int64_t k = 0; k < cols; ++k) {
@@ -342,7 +342,7 @@ TEST_CASE("matvec: quantized weights, every instruction set, format, row count a
             mimo::cpu::matvec(isa, s.m, {xp, ldx, n, all.data(), rows, nullptr, false, &q.rows}, 0, rows);
             QuantScratch q1(cols);
             for (int i = 0; i < n; ++i) {
-              mimo::cpu::prepare_rows(xp + i * ldx, ldx, 1, cols, q1.rows);
+              mimo::cpu::prepare_rows(xp + i * ldx, ldx, 1, cols, s.m, q1.rows);
               mimo::cpu::matvec(isa, s.m, {xp + i * ldx, ldx, 1, one.data(), rows, nullptr, false, &q1.rows}, 0, rows);
               for (int64_t r = 0; r < rows; ++r) REQUIRE(one[r] == all[i * rows + r]);
             }
@@ -412,7 +412,7 @@ void check_linear(int64_t n, int64_t cols, const std::vector<Format>& formats, s
       const bool quantized_decode = s.m.quantized() && n <= mimo::cpu::kMaxMatvecRows;
       const bool fast = n > mimo::cpu::kMaxMatvecRows ? mimo::cpu::gemm_fast(isa, exact, s.m)
                                                       : !exact && mimo::cpu::matvec_fast(isa, s.m);
-      if (quantized_decode) mimo::cpu::prepare_rows(xr.data, xr.stride, static_cast<int>(n), cols, q.rows);
+      if (quantized_decode) mimo::cpu::prepare_rows(xr.data, xr.stride, static_cast<int>(n), cols, s.m, q.rows);
       double worst = 0.0;
       for (int64_t i = 0; i < n; ++i) {
         for (int64_t r = 0; r < rows[j]; ++r) {

@@ -55,22 +55,20 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
     // Round shares to 16 rows so threads do not write the same cache lines of y.
     const int64_t blocks = (total_rows + 15) / 16;
     const int64_t begin = std::min(total_rows, blocks * t / nt * 16), end = std::min(total_rows, blocks * (t + 1) / nt * 16);
-    // Quantized weights read the rows quantized to int8, fast BF16 weights the rows rounded to
-    // bf16: prepared once per call and thread (no barrier between threads).
+    // Quantized weights read the rows quantized to int8 (laid out for their format), fast BF16
+    // weights the rows rounded to bf16: prepared once per call and thread (no barrier between
+    // threads), again only where a job's format differs from the one before.
     QuantizedRows xq;
     xq.bind(scratch.quant.data() + t * scratch.quant_per_thread, kMaxMatvecRows, scratch.max_cols);
     uint16_t* x16 = scratch.x16.data() + t * scratch.x16_per_thread;
-    bool prepared = false, rounded = false;
+    bool rounded = false;
     int64_t offset = 0;
     for (const auto& j : jobs) {
       const int64_t r0 = std::max(begin, offset) - offset, r1 = std::min(end, offset + j.weight->rows) - offset;
       offset += j.weight->rows;
       if (r0 >= r1) continue;
       const WeightMatrix& w = *j.weight;
-      if (w.quantized() && !prepared) {
-        prepare_rows(x.data, x.stride, static_cast<int>(n), x.width, xq);
-        prepared = true;
-      }
+      if (w.quantized() && !xq.prepared_for(w)) prepare_rows(x.data, x.stride, static_cast<int>(n), x.width, w, xq);
       const bool fast = !exact && matvec_fast(isa, w);
       if (fast && !rounded) {
         round_rows_bf16(x.data, x.stride, static_cast<int>(n), x.width, x16);

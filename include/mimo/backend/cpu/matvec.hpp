@@ -28,12 +28,9 @@
 #include <immintrin.h>
 #endif
 
-
-
 namespace mimo::cpu {
 
 inline constexpr int kMaxMatvecRows = 16;
-
 
 // The arguments of one y = x W^T (+ bias) (+ y) over output rows [r0, r1).
 struct MatvecArgs {
@@ -87,16 +84,6 @@ inline void matvec_scalar(const WeightMatrix& w, const MatvecArgs& a, int64_t r0
 }
 
 #if MIMO_X86
-
-// Through memory: the shuffle intrinsics leave lanes "undefined", which GCC 12 warns about, and
-// this runs once per output value. Fixed order: lanes 0..15.
-MIMO_TARGET_AVX512 inline float hsum512(__m512 v) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  float s = 0.0f;
-  for (float x : lanes) s += x;
-  return s;
-}
 
 // One weight row times N vectors, two accumulators per vector (columns k with k mod 32 < 16, and
 // the others) so that one vector still has two independent FMA chains; lane l of each sums its

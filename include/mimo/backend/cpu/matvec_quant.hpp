@@ -3,15 +3,16 @@
 // of 32 codes meets its 32 activations in an exact integer dot product, scaled by the weight's
 // group scale times the block's activation scale and summed in fp32.
 //
-//   with VNNI (AVX512_VNNI, AVX-VNNI): vpdpbusd multiplies the activations, stored offset by 128
-//     as unsigned bytes, by the codes as signed bytes (q8: c; q4: c - 8, or c with minimums);
-//     the offset's share, 128 times the sum of each lane's codes, is computed once per row and
-//     block and starts the integer accumulator negated;
-//   AVX2 without VNNI: vpmaddubsw + vpmaddwd (q8 moves the codes' signs onto the activations so
-//     no pair of products overflows 16 bits);
+//   q8, with VNNI (AVX512_VNNI, AVX-VNNI): vpdpbusd multiplies the activations, stored offset by
+//     128 as unsigned bytes, by the signed codes; the offset's share, 128 times the sum of each
+//     lane's codes, starts the integer accumulator negated;
+//   q4: vpdpbusd (or vpmaddubsw + vpmaddwd) multiplies the codes c in [0, 15] as unsigned bytes
+//     by the signed activations, with no offset; the code's offset (symmetric: -8) or the
+//     group's minimum meets the group's activation sum once per group, in fp32;
+//   q8 on AVX2 without VNNI: vpmaddubsw + vpmaddwd with the codes' signs moved onto the
+//     activations, so no pair of products overflows 16 bits;
 //   scalar: the same integers, for other machines and as the tests' reference.
-// The integer parts are identical on every path; the fp32 sums differ only in order. q4 with
-// minimums adds, per group, min * (the sum of the group's quantized activations).
+// The integer parts are identical on every path; the fp32 sums differ only in order.
 //
 // Quantizing activations costs little next to streaming the weights, and keeps int4 decoding at
 // memory bandwidth on two cores, where widening codes to fp32 would make it compute-bound. Its
@@ -34,58 +35,79 @@
 
 namespace mimo::cpu {
 
-// Activation rows quantized for the kernels, in memory the caller reserves. Each pair of blocks
-// (64 columns) of a row is one 128-byte record, so a kernel follows one stream per row:
-//   64 activations + 128 as unsigned bytes | 16 fp32 scales
-// where lane l of the scales is the scale of the block that 4-byte lane l covers. An odd last
-// block leaves the second half of its record zero.
+// Activation rows quantized for the kernels of one weight format, in memory the caller reserves.
+// Each row is a sequence of records, so a kernel follows one stream per row:
+//   q8: a record per pair of blocks (64 columns), 128 bytes:
+//       64 activations + 128 as unsigned bytes | 16 fp32 scales (lane l: the block of its bytes)
+//   q4: a record per quad of blocks (128 columns), 192 bytes, laid out like the q4 codes of
+//       64 weight bytes (block j's low nibbles hold its columns 0-15, the high ones 16-31):
+//       columns 0-15 of blocks 0..3 | columns 16-31 of blocks 0..3 (signed bytes) | 16 fp32
+//       scales (lane l: block l / 4)
+// A partial last record is zero past the last block. q4 also keeps each row's sums of scale *
+// (the quantized activations) per weight group, for the codes' offset or minimums.
 struct QuantizedRows {
-  static constexpr int64_t kRecord = 128;
+  static constexpr int64_t kRecord8 = 128, kRecord4 = 192;
+  QuantType format = QuantType::none;  // the weights these rows were prepared for
+  int64_t group = 0;                   // and their group size
   int n = 0;
-  int64_t cols = 0, blocks = 0, pairs = 0;  // blocks of 32 columns
-  std::byte* records = nullptr;             // [n][pairs] records
-  float* scale = nullptr;                   // [n][blocks] activation scales
-  float* sum = nullptr;                     // [n][blocks] scale * (sum of the block's quantized activations)
+  int64_t cols = 0, blocks = 0, records_per_row = 0, groups = 0;  // blocks of 32 columns
+  std::byte* records = nullptr;  // [n][records_per_row]
+  float* scale = nullptr;        // [n][blocks] activation scales
+  float* group_sum = nullptr;    // q4: [n][groups] sum over the group's blocks of scale * (sum of codes)
 
-  const std::byte* record(int i, int64_t pair) const { return records + (i * pairs + pair) * kRecord; }
-  // The quantized activations of block b of row i, plus 128.
-  const uint8_t* block_q(int i, int64_t b) const {
-    return reinterpret_cast<const uint8_t*>(record(i, b / 2) + (b % 2) * 32);
+  int64_t record_bytes() const { return format == QuantType::q4 ? kRecord4 : kRecord8; }
+  int64_t blocks_per_record() const { return format == QuantType::q4 ? 4 : 2; }
+  const std::byte* record(int i, int64_t k) const { return records + (i * records_per_row + k) * record_bytes(); }
+  // Whether these rows feed products with w.
+  bool prepared_for(const WeightMatrix& w) const { return n > 0 && format == w.quant && group == w.group; }
+  // The integer activation of row i, column k.
+  int code(int i, int64_t k) const {
+    const int64_t b = k / 32, c = k % 32;
+    if (format == QuantType::q4) {
+      return static_cast<int8_t>(record(i, b / 4)[(c / 16) * 64 + (b % 4) * 16 + c % 16]);
+    }
+    return static_cast<int>(static_cast<uint8_t>(record(i, b / 2)[(b % 2) * 32 + c])) - 128;
   }
   // What the kernels use for x[i][k]: scale * code.
-  float value(int i, int64_t k) const {
-    return scale[i * blocks + k / 32] * static_cast<float>(block_q(i, k / 32)[k % 32] - 128);
-  }
+  float value(int i, int64_t k) const { return scale[i * blocks + k / 32] * static_cast<float>(code(i, k)); }
 
-  // Bytes of storage for `rows` rows of up to `max_cols` columns.
+  // Bytes of storage for `rows` rows of up to `max_cols` columns, in either format.
   static uint64_t bytes_for(int rows, int64_t max_cols) {
-    const uint64_t blocks = static_cast<uint64_t>(max_cols + 31) / 32, pairs = (blocks + 1) / 2;
-    return static_cast<uint64_t>(rows) * (pairs * kRecord + blocks * 8) + 64;
+    const uint64_t blocks = static_cast<uint64_t>(max_cols + 31) / 32;
+    const uint64_t record_bytes = std::max((blocks + 1) / 2 * kRecord8, (blocks + 3) / 4 * kRecord4);
+    return static_cast<uint64_t>(rows) * (record_bytes + blocks * 8) + 64;
   }
   // Points the arrays into `storage` (bytes_for(rows, max_cols) bytes, 64-byte aligned).
   void bind(std::byte* storage, int rows, int64_t max_cols) {
-    const int64_t b = (max_cols + 31) / 32, p = (b + 1) / 2;
+    const uint64_t b = static_cast<uint64_t>(max_cols + 31) / 32;
+    const uint64_t record_bytes = std::max((b + 1) / 2 * kRecord8, (b + 3) / 4 * kRecord4);
     records = storage;
-    scale = reinterpret_cast<float*>(storage + rows * p * kRecord);
-    sum = scale + rows * b;
+    scale = reinterpret_cast<float*>(storage + rows * record_bytes);
+    group_sum = scale + rows * b;
+    n = 0;
   }
 };
 
-// Quantizes rows x[0..n) (cols % 32 == 0, n <= the rows `out` was bound for) for the decode
-// kernels of any instruction set.
-inline void prepare_rows(const float* x, int64_t ldx, int n, int64_t cols, QuantizedRows& out) {
+// Quantizes rows x[0..n) (cols % 32 == 0, n <= the rows `out` was bound for) for products with
+// weights of w's format on any instruction set.
+inline void prepare_rows(const float* x, int64_t ldx, int n, int64_t cols, const WeightMatrix& w, QuantizedRows& out) {
   const int64_t blocks = cols / 32;
+  out.format = w.quant;
+  out.group = w.group;
   out.n = n;
   out.cols = cols;
   out.blocks = blocks;
-  out.pairs = (blocks + 1) / 2;
+  const int64_t per = out.blocks_per_record(), rb = out.record_bytes();
+  out.records_per_row = (blocks + per - 1) / per;
+  const bool q4 = w.quant == QuantType::q4;
+  const int64_t blocks_per_group = std::max<int64_t>(1, w.group / 32);
+  out.groups = q4 ? (blocks + blocks_per_group - 1) / blocks_per_group : 0;
   for (int i = 0; i < n; ++i) {
     const float* xi = x + i * ldx;
-    if (blocks % 2) std::memset(out.records + (i * out.pairs + out.pairs - 1) * QuantizedRows::kRecord, 0, QuantizedRows::kRecord);
+    if (blocks % per) std::memset(out.records + (i * out.records_per_row + out.records_per_row - 1) * rb, 0, rb);
+    for (int64_t g = 0; g < out.groups; ++g) out.group_sum[i * out.groups + g] = 0.0f;
     for (int64_t b = 0; b < blocks; ++b) {
-      std::byte* rec = out.records + (i * out.pairs + b / 2) * QuantizedRows::kRecord;
-      auto* q = reinterpret_cast<uint8_t*>(rec + (b % 2) * 32);
-      auto* lanes = reinterpret_cast<float*>(rec + 64) + (b % 2) * 8;
+      std::byte* rec = out.records + (i * out.records_per_row + b / per) * rb;
       float amax = 0.0f;
       for (int k = 0; k < 32; ++k) amax = std::max(amax, std::abs(xi[b * 32 + k]));
       const float s = amax / 127.0f;
@@ -94,22 +116,27 @@ inline void prepare_rows(const float* x, int64_t ldx, int n, int64_t cols, Quant
       for (int k = 0; k < 32; ++k) {
         // Round to nearest even (1.5 * 2^23 pushes the fraction out; |x * inv| <= 127).
         const int v = static_cast<int>((xi[b * 32 + k] * inv + 12582912.0f) - 12582912.0f);
-        q[k] = static_cast<uint8_t>(v + 128);
+        if (q4) {
+          rec[(k / 16) * 64 + (b % 4) * 16 + k % 16] = static_cast<std::byte>(static_cast<uint8_t>(v));
+        } else {
+          rec[(b % 2) * 32 + k] = static_cast<std::byte>(static_cast<uint8_t>(v + 128));
+        }
         total += v;
       }
-      for (int l = 0; l < 8; ++l) lanes[l] = s;
+      auto* lanes = reinterpret_cast<float*>(rec + rb - 64);
+      if (q4) {
+        for (int l = 0; l < 4; ++l) lanes[(b % 4) * 4 + l] = s;
+        out.group_sum[i * out.groups + b / blocks_per_group] += s * static_cast<float>(total);
+      } else {
+        for (int l = 0; l < 8; ++l) lanes[(b % 2) * 8 + l] = s;
+      }
       out.scale[i * blocks + b] = s;
-      out.sum[i * blocks + b] = s * static_cast<float>(total);
     }
   }
 }
 
 namespace detail {
 
-// Per-group values (scales or minimums) of row r, groups [g0, g0 + count), widened to fp32.
-inline void row_group_values(const std::byte* per_row, int64_t g0, int64_t count, float* out) {
-  for (int64_t g = 0; g < count; ++g) out[g] = read_f16(per_row, g0 + g);
-}
 
 // log2 of the blocks of 32 columns in a group (groups are powers of two).
 inline int group_shift(const WeightMatrix& w) {
@@ -118,38 +145,44 @@ inline int group_shift(const WeightMatrix& w) {
   return s;
 }
 
-// Exact integer dot product of block b of a row's codes with 32 activations (stored plus 128):
-// codes as values (q8: signed; q4: c - 8 when symmetric, c with minimums).
-inline int32_t block_dot_scalar(QuantType t, bool symmetric, const std::byte* codes, int64_t b, const uint8_t* xq) {
+// Exact integer dot product of block b of a row's codes with the activations of row i: the signed
+// codes for q8; for q4 the codes c in [0, 15] as they are (offset and minimums come after).
+inline int32_t block_dot_scalar(const WeightMatrix& w, int64_t r, int64_t b, const QuantizedRows& x, int i) {
   int32_t acc = 0;
-  if (t == QuantType::q8) {
-    const auto* c = reinterpret_cast<const int8_t*>(codes) + b * 32;
+  if (w.quant == QuantType::q8) {
+    const auto* c = reinterpret_cast<const int8_t*>(w.row(r)) + b * 32;
+    const auto* xq = reinterpret_cast<const uint8_t*>(x.record(i, b / 2)) + (b % 2) * 32;
     for (int k = 0; k < 32; ++k) acc += static_cast<int32_t>(c[k]) * (xq[k] - 128);
   } else {
-    const auto* c = reinterpret_cast<const uint8_t*>(codes) + b * 16;
-    const int off = symmetric ? 8 : 0;
-    for (int k = 0; k < 16; ++k) {
-      acc += ((c[k] & 15) - off) * (xq[k] - 128);
-      acc += ((c[k] >> 4) - off) * (xq[k + 16] - 128);
-    }
+    const auto* c = reinterpret_cast<const uint8_t*>(w.row(r)) + b * 16;
+    const auto* lo = reinterpret_cast<const int8_t*>(x.record(i, b / 4)) + (b % 4) * 16;
+    for (int k = 0; k < 16; ++k) acc += (c[k] & 15) * lo[k] + (c[k] >> 4) * lo[k + 64];
   }
   return acc;
 }
 
+// q4: the share of the codes' offset (-8, symmetric) or of the minimums in output (row r, vector
+// i): the sum over groups of offset * scale (or min) * the group's activation sum.
+inline float q4_offset_scalar(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i) {
+  float acc = 0.0f;
+  for (int64_t g = 0; g < x.groups; ++g) {
+    const float v = w.mins ? read_f16(w.row_mins(r), g) : read_f16(w.row_scales(r), g);
+    acc += v * x.group_sum[i * x.groups + g];
+  }
+  return w.mins ? acc : -8.0f * acc;
+}
+
 template <class Store>
 void matvec_quantized_scalar(const WeightMatrix& w, const QuantizedRows& x, int64_t r0, int64_t r1, Store&& store) {
-  const bool symmetric = w.mins == nullptr;
   const int shift = group_shift(w);
   for (int64_t r = r0; r < r1; ++r) {
     for (int i = 0; i < x.n; ++i) {
-      float acc = 0.0f, acc_min = 0.0f;
+      float acc = 0.0f;
       for (int64_t b = 0; b < x.blocks; ++b) {
         const float s = read_f16(w.row_scales(r), b >> shift);
-        const int32_t dot = block_dot_scalar(w.quant, symmetric, w.row(r), b, x.block_q(i, b));
-        acc += s * x.scale[i * x.blocks + b] * static_cast<float>(dot);
-        if (w.mins) acc_min += read_f16(w.row_mins(r), b >> shift) * x.sum[i * x.blocks + b];
+        acc += s * x.scale[i * x.blocks + b] * static_cast<float>(block_dot_scalar(w, r, b, x, i));
       }
-      store(i, r, acc + acc_min);
+      store(i, r, w.quant == QuantType::q4 ? acc + q4_offset_scalar(w, r, x, i) : acc);
     }
   }
 }
@@ -171,39 +204,29 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
   out[count] = 0.0f;
 }
 
-// 64 codes of blocks b, b + 1 as signed bytes in column order (q4: minus 8 when symmetric); with
-// `one_block`, only block b (the rest zero).
-template <QuantType Q, bool Min>
-MIMO_TARGET_AVX512_VNNI inline __m512i load_codes64(const std::byte* row, int64_t b, bool one_block) {
-  if constexpr (Q == QuantType::q8) {
-    return one_block ? _mm512_maskz_loadu_epi64(0x0f, row + b * 32) : _mm512_loadu_si512(row + b * 32);
-  } else {
-    // [g0 g0 g1 g1] (16 bytes each), the second copy of each shifted by 4, then the low nibbles:
-    // [g0 low, g0 high, g1 low, g1 high] = columns in order.
-    const __m256i y = one_block ? _mm256_maskz_loadu_epi64(0x3, row + b * 16)
-                                : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 16));
-    const __m512i z = _mm512_maskz_permutexvar_epi64(0xff, _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0),
-                                                     _mm512_maskz_broadcast_i64x4(0xff, y));
-    const __m512i shifted = _mm512_maskz_srlv_epi64(0xff, z, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
-    const __m512i c = _mm512_and_si512(shifted, _mm512_set1_epi8(15));
-    if constexpr (Min) return c;
-    // (the missing block of `one_block` stays zero)
-    return _mm512_maskz_sub_epi8(one_block ? 0xffffffffull : ~0ull, c, _mm512_set1_epi8(8));
-  }
+// Through memory, in a fixed order (lanes 0..15): this runs once per output value.
+MIMO_TARGET_AVX512 inline float hsum512(__m512 v) {
+  alignas(64) float l[16];
+  _mm512_store_ps(l, v);
+  float s = 0.0f;
+  for (float e : l) s += e;
+  return s;
 }
 
-// One pair of blocks (p) of a row times N vectors. A macro: the body runs in the main loop and,
-// masked, for an odd last block (a lambda would lose the function's target attribute).
-#define MIMO_QPAIR_AVX512(one)                                                                                  \
+// q8: one pair of blocks (p) of a row times N vectors. A macro: the body runs in the main loop
+// and, masked, for an odd last block (a lambda would lose the function's target attribute).
+#define MIMO_Q8PAIR_AVX512(one)                                                                                \
   {                                                                                                            \
-    _mm_prefetch(reinterpret_cast<const char*>(row + p * (Q == QuantType::q8 ? 64 : 32) + kPrefetchAhead),    \
-                 _MM_HINT_T0);                                                                                 \
-    const __m512i codes = load_codes64<Q, Min>(row, 2 * p, one);                                               \
+    _mm_prefetch(reinterpret_cast<const char*>(row + p * 64 + kPrefetchAhead), _MM_HINT_T0);                   \
+    const __m512i codes = one ? _mm512_maskz_loadu_epi64(0x0f, row + p * 64) : _mm512_loadu_si512(row + p * 64); \
     /* -128 * (the sum of each lane's 4 codes): the share of the activations' offset */                        \
     const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),                                              \
                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, codes));         \
-    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + (((2 * p) >> shift) - g0)))); \
-    const __m512 ws = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_maskz_broadcast_f32x4(0xffff, two));   \
+    /* lanes 0-7 take the first block's scale, 8-15 the second's */                                            \
+    const __m512 ws = shift == 0 ? _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_maskz_broadcast_f32x4(     \
+                                       0xffff, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(     \
+                                                   s + (2 * p - g0))))))                                       \
+                                 : _mm512_set1_ps(s[((2 * p) >> shift) - g0]);                                 \
     _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                      \
       const std::byte* rec = x.record(i0 + i, p);                                                              \
       const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(rec), codes);                            \
@@ -214,75 +237,105 @@ MIMO_TARGET_AVX512_VNNI inline __m512i load_codes64(const std::byte* row, int64_
 
 // One weight row r times vectors [i0, i0 + N): out[i]. One row at a time streams fastest (two
 // rows 8 KiB apart measured a third slower); the N vectors give N independent FMA chains.
-template <QuantType Q, bool Min, int N>
-MIMO_TARGET_AVX512_VNNI void qrow_avx512(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i0, float* out) {
+template <int N>
+MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i0, float* out) {
   constexpr int64_t kChunk = 1024;  // groups whose scales are widened at once
-  alignas(64) float s[kChunk + 8], m[Min ? kChunk + 8 : 1];
+  alignas(64) float s[kChunk + 8];
   const int shift = group_shift(w);
-  // Lanes 0-7 take the first block's scale, 8-15 the second's (the same group when groups are
-  // larger than a block).
-  const __m512i pick = shift == 0 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
-                                  : _mm512_setzero_si512();
+  const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const std::byte* row = w.row(r);
   const int64_t groups = x.blocks >> shift;
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512 acc[N], accm[N];
+  __m512 acc[N];
 #pragma GCC unroll 8
-  for (int i = 0; i < N; ++i) acc[i] = accm[i] = _mm512_setzero_ps();
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
   // Chunks of whole groups, an even number of blocks each (but the last).
   for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
     const int64_t gc = std::min(kChunk, groups - g0);
     row_group_values_f16c(w.row_scales(r), g0, gc, s);
     const int64_t p0 = (g0 << shift) / 2, p1 = ((g0 + gc) << shift) / 2;  // whole pairs
-    for (int64_t p = p0; p < p1; ++p) MIMO_QPAIR_AVX512(false)
+    for (int64_t p = p0; p < p1; ++p) MIMO_Q8PAIR_AVX512(false)
     if ((((g0 + gc) << shift) & 1) != 0) {  // an odd last block (groups of one block)
       const int64_t p = p1;
-      MIMO_QPAIR_AVX512(true)
+      MIMO_Q8PAIR_AVX512(true)
     }
+  }
+  for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]);
+}
+#undef MIMO_Q8PAIR_AVX512
+
+// q4: one quad of blocks (q: 64 bytes of codes) of a row times N vectors; `tail` blocks (1-3) of
+// a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of each block, the
+// high nibbles columns 16-31, as the activation records are laid out: two vpdpbusd per quad.
+#define MIMO_Q4QUAD_AVX512(tail)                                                                               \
+  {                                                                                                            \
+    _mm_prefetch(reinterpret_cast<const char*>(row + q * 64 + kPrefetchAhead), _MM_HINT_T0);                   \
+    const __m512i packed = tail ? _mm512_maskz_loadu_epi8((1ull << (16 * (tail))) - 1, row + q * 64)           \
+                                : _mm512_loadu_si512(row + q * 64);                                            \
+    const __m512i lo = _mm512_and_si512(packed, nibble);                                                       \
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);                                 \
+    const __m512 ws = _mm512_maskz_permutexvar_ps(                                                             \
+        0xffff, pick, _mm512_maskz_broadcast_f32x4(0xffff, _mm_loadu_ps(s + ((4 * q) >> shift) - g0)));        \
+    _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                      \
+      const std::byte* rec = x.record(i0 + i, q);                                                              \
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(rec)), \
+                                              hi, _mm512_load_si512(rec + 64));                                \
+      const __m512 xs = _mm512_load_ps(reinterpret_cast<const float*>(rec + 128));                             \
+      acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), _mm512_mul_ps(ws, xs), acc[i]);          \
+    }                                                                                                          \
+  }
+
+template <bool Min, int N>
+MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i0, float* out) {
+  constexpr int64_t kChunk = 1024;  // groups whose scales are widened at once (whole quads)
+  alignas(64) float s[kChunk + 16], m[Min ? kChunk + 16 : 1];
+  const int shift = group_shift(w);
+  // Lane l covers block l / 4 of the quad; its group's scale is entry (block >> shift) of the
+  // four scales loaded from the quad's first group.
+  const __m512i pick = shift == 0   ? _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
+                       : shift == 1 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                    : _mm512_setzero_si512();
+  const __m512i nibble = _mm512_set1_epi8(15);
+  const std::byte* row = w.row(r);
+  const int64_t groups = x.blocks >> shift;
+  __m512 acc[N], offs[N];
+#pragma GCC unroll 8
+  for (int i = 0; i < N; ++i) acc[i] = offs[i] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
+    const int64_t gc = std::min(kChunk, groups - g0);
+    row_group_values_f16c(w.row_scales(r), g0, gc, s);
+    std::fill(s + gc, s + gc + 16, 0.0f);  // a partial quad's missing blocks: scale 0, not garbage
+    const int64_t q0 = (g0 << shift) / 4, q1 = ((g0 + gc) << shift) / 4;  // whole quads
+    for (int64_t q = q0; q < q1; ++q) MIMO_Q4QUAD_AVX512(0)
+    if (const int64_t tail = ((g0 + gc) << shift) & 3; tail != 0) {
+      const int64_t q = q1;
+      MIMO_Q4QUAD_AVX512(tail)
+    }
+    // The offset's (or minimums') share: per group, -8 * scale (or min) * the activation sum.
+    const float* v = s;
     if constexpr (Min) {
-      // sum over groups of min * (the sum of its blocks' activation sums)
       row_group_values_f16c(w.row_mins(r), g0, gc, m);
-      for (int i = 0; i < N; ++i) {
-        const float* sums = x.sum + (i0 + i) * x.blocks;
-        if (shift == 0) {
-          for (int64_t g = 0; g < gc; g += 16) {
-            if (gc - g >= 16) {
-              accm[i] = _mm512_fmadd_ps(_mm512_loadu_ps(m + g), _mm512_loadu_ps(sums + g0 + g), accm[i]);
-            } else {
-              const __mmask16 lanes = static_cast<__mmask16>((1u << (gc - g)) - 1u);
-              accm[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, m + g), _mm512_maskz_loadu_ps(lanes, sums + g0 + g), accm[i]);
-            }
-          }
-        } else {
-          float t = 0.0f;
-          for (int64_t g = 0; g < gc; ++g) {
-            float gs = 0.0f;
-            for (int64_t b = (g0 + g) << shift; b < (g0 + g + 1) << shift; ++b) gs += sums[b];
-            t += m[g] * gs;
-          }
-          accm[i] = _mm512_add_ps(accm[i], _mm512_maskz_mov_ps(1, _mm512_set1_ps(t)));
-        }
+      v = m;
+    }
+    for (int i = 0; i < N; ++i) {
+      const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
+      for (int64_t g = 0; g < gc; g += 16) {
+        const __mmask16 lanes = gc - g >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (gc - g)) - 1u);
+        offs[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, v + g), _mm512_maskz_loadu_ps(lanes, sums + g), offs[i]);
       }
     }
   }
-  for (int i = 0; i < N; ++i) {
-    alignas(64) float l[16], lm[16];
-    _mm512_store_ps(l, acc[i]);
-    _mm512_store_ps(lm, accm[i]);
-    float v = 0.0f, vm = 0.0f;
-    for (int k = 0; k < 16; ++k) v += l[k];
-    for (int k = 0; k < 16; ++k) vm += lm[k];
-    out[i] = v + vm;
-  }
+  for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]) + (Min ? 1.0f : -8.0f) * hsum512(offs[i]);
 }
-#undef MIMO_QPAIR_AVX512
+#undef MIMO_Q4QUAD_AVX512
 
 template <QuantType Q, bool Min, int N, class Store>
 MIMO_TARGET_AVX512_VNNI void qchunk_avx512(const WeightMatrix& w, const QuantizedRows& x, int i0, int64_t r0, int64_t r1,
                                            Store& store) {
   for (int64_t r = r0; r < r1; ++r) {
     float out[N];
-    qrow_avx512<Q, Min, N>(w, r, x, i0, out);
+    if constexpr (Q == QuantType::q8) q8row_avx512<N>(w, r, x, i0, out);
+    else q4row_avx512<Min, N>(w, r, x, i0, out);
     for (int i = 0; i < N; ++i) store(i0 + i, r, out[i]);
   }
 }
@@ -293,44 +346,58 @@ MIMO_TARGET_AVX2 inline float read_f16c(const std::byte* p, int64_t i) {
   return _cvtsh_ss(h);
 }
 
-// 32 codes of block b as signed bytes in column order (q4: minus 8 when symmetric).
-template <QuantType Q, bool Min>
+// 32 codes of block b in the order of the activations: q8 signed, in column order; q4 unsigned,
+// columns 0-15 then 16-31 (the low nibbles, then the high ones).
+template <QuantType Q>
 MIMO_TARGET_AVX2 inline __m256i load_codes32(const std::byte* row, int64_t b) {
   if constexpr (Q == QuantType::q8) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 32));
   } else {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
     const __m128i nib = _mm_set1_epi8(15);
-    const __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nib), _mm_and_si128(v, nib));
-    return Min ? c : _mm256_sub_epi8(c, _mm256_set1_epi8(8));
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nib), _mm_and_si128(v, nib));
   }
 }
 
-// -128 * (the sum of each lane's 4 codes): the share of the activations' offset.
+// The 32 activations of block b of a row's records, in the order load_codes32 gives the codes.
+template <QuantType Q>
+MIMO_TARGET_AVX2 inline __m256i load_activations32(const QuantizedRows& x, int i, int64_t b) {
+  if constexpr (Q == QuantType::q8) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.record(i, b / 2) + (b % 2) * 32));
+  } else {
+    const std::byte* lo = x.record(i, b / 4) + (b % 4) * 16;
+    return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(lo + 64), reinterpret_cast<const __m128i*>(lo));
+  }
+}
+
+// The integer accumulator's start: q8, -128 * (the sum of each lane's 4 codes), the share of
+// the activations' offset; q4 (no offset), zero.
+template <QuantType Q>
 MIMO_TARGET_AVX2_VNNI inline __m256i offset_share_avx2_vnni(__m256i codes) {
+  if constexpr (Q == QuantType::q4) return _mm256_setzero_si256();
   return _mm256_sub_epi32(_mm256_setzero_si256(),
                           _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(static_cast<char>(0x80)), codes));
 }
-MIMO_TARGET_AVX2 inline __m256i offset_share_avx2(__m256i codes) {
-  const __m256i quads = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), codes), _mm256_set1_epi16(1));
-  return _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(quads, 7));
+template <QuantType>
+MIMO_TARGET_AVX2 inline __m256i offset_share_avx2(__m256i) {
+  return _mm256_setzero_si256();  // q8 takes the activations' offset off itself
 }
 
 // Integer lanes of one block: 8 sums of 4 products, plus `init`.
 template <QuantType Q>
 MIMO_TARGET_AVX2_VNNI inline __m256i block_dot_avx2_vnni(__m256i codes, __m256i xq, __m256i init) {
-  return _mm256_dpbusd_avx_epi32(init, xq, codes);
+  if constexpr (Q == QuantType::q8) return _mm256_dpbusd_avx_epi32(init, xq, codes);
+  return _mm256_dpbusd_avx_epi32(init, codes, xq);
 }
 template <QuantType Q>
 MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256i init) {
   if constexpr (Q == QuantType::q8) {
-    // |c| * (x * sign(c)) with the activations back to signed: no pair overflows 16 bits (and
-    // no offset to take back: `init` is zero).
+    // |c| * (x * sign(c)) with the activations back to signed: no pair overflows 16 bits.
     const __m256i xs = _mm256_xor_si256(xq, _mm256_set1_epi8(static_cast<char>(0x80)));
     const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(codes), _mm256_sign_epi8(xs, codes));
     return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), init);
   } else {
-    const __m256i pairs = _mm256_maddubs_epi16(xq, codes);  // |codes| <= 15: pairs stay within 16 bits
+    const __m256i pairs = _mm256_maddubs_epi16(codes, xq);  // codes <= 15: pairs stay within 16 bits
     return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), init);
   }
 }
@@ -343,20 +410,14 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
     const int shift = group_shift(w);                                                                        \
     for (int64_t r = r0; r < r1; ++r) {                                                                      \
       __m256 acc[N];                                                                                         \
-      float accm[N];                                                                                         \
-      for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps(), accm[i] = 0.0f;                              \
+      for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();                                              \
       for (int64_t b = 0; b < x.blocks; ++b) {                                                               \
-        const __m256i codes = load_codes32<Q, Min>(w.row(r), b);                                             \
-        const __m256i init = Q == QuantType::q8 && !Vnni ? _mm256_setzero_si256() : share(codes);            \
-        const __m256 ws = _mm256_set1_ps(read_f16c(w.row_scales(r), b >> shift));                            \
-        const float mn = Min ? read_f16c(w.row_mins(r), b >> shift) : 0.0f;                                  \
+        const __m256i codes = load_codes32<Q>(w.row(r), b);                                                  \
+        const __m256i init = share<Q>(codes);                                                                \
+        const float ws = read_f16c(w.row_scales(r), b >> shift);                                             \
         for (int i = 0; i < N; ++i) {                                                                        \
-          const std::byte* rec = x.record(i0 + i, b / 2) + (b % 2) * 32;                                     \
-          const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec));                      \
-          const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, xq, init));                                      \
-          const __m256 xs = _mm256_loadu_ps(reinterpret_cast<const float*>(rec + 64));                       \
-          acc[i] = _mm256_fmadd_ps(d, _mm256_mul_ps(ws, xs), acc[i]);                                        \
-          if (Min) accm[i] += mn * x.sum[(i0 + i) * x.blocks + b];                                           \
+          const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, load_activations32<Q>(x, i0 + i, b), init));    \
+          acc[i] = _mm256_fmadd_ps(d, _mm256_set1_ps(ws * x.scale[(i0 + i) * x.blocks + b]), acc[i]);        \
         }                                                                                                    \
       }                                                                                                      \
       for (int i = 0; i < N; ++i) {                                                                          \
@@ -364,17 +425,12 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
         _mm256_store_ps(l, acc[i]);                                                                          \
         float v = 0.0f;                                                                                      \
         for (float e : l) v += e;                                                                            \
-        store(i0 + i, r, v + accm[i]);                                                                       \
+        store(i0 + i, r, Q == QuantType::q4 ? v + q4_offset_scalar(w, r, x, i0 + i) : v);                    \
       }                                                                                                      \
     }                                                                                                        \
   }
-constexpr bool Vnni = true;
 MIMO_QCHUNK_AVX2(qchunk_avx2_vnni, MIMO_TARGET_AVX2_VNNI, block_dot_avx2_vnni, offset_share_avx2_vnni)
-namespace novnni {
-constexpr bool Vnni = false;
 MIMO_QCHUNK_AVX2(qchunk_avx2, MIMO_TARGET_AVX2, block_dot_avx2, offset_share_avx2)
-}  // namespace novnni
-using novnni::qchunk_avx2;
 #undef MIMO_QCHUNK_AVX2
 
 #endif  // MIMO_X86
