@@ -2,13 +2,15 @@
 // (`mimo synth --preset 7b`).
 //
 //   bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4]
+//                     [--draft-layers q8|q4]
 //
 // steps     the time of one decoding step (one token through the main model) at a context of
 //           `prompt` tokens; the time of one verification pass over 2..5 tokens relative to it
 //           (decoding is memory-bound, so more rows cost little); one MTP drafting step (the MTP
 //           layer and lm_head over one row, plus its catch-up row) relative to it. Medians of
 //           `reps` timings; each pass is rolled back afterwards, so every one sees the same context.
-//           --draft-head: the MTP step's logits through a quantized copy of lm_head (LoadOptions).
+//           --draft-head: the MTP step's logits through a quantized copy of lm_head; --draft-layers:
+//           the MTP layers quantized while loading (LoadOptions).
 // replay    end-to-end greedy decoding of `gen` tokens: plain, then with a ReplayDrafter that
 //           proposes the plain run's own continuation, right with probability 100%, 90% and 70%,
 //           at depths 1 to 3 (random weights accept almost nothing from the real MTP layer, so
@@ -23,7 +25,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -72,14 +73,20 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") prompt_n = std::atoi(argv[i + 1]);
     else if (a == "--gen") gen_n = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
-    else if (a == "--draft-head") load.draft_head = std::strcmp(argv[i + 1], "q4") == 0 ? mimo::QuantType::q4 : mimo::QuantType::q8;
-    else {
+    else if (a == "--draft-head" || a == "--draft-layers") {
+      const std::string q = argv[i + 1];
+      if (q != "q8" && q != "q4") {
+        std::fprintf(stderr, "bench_speculative: %s must be q8 or q4, not '%s'\n", a.c_str(), q.c_str());
+        return 2;
+      }
+      (a == "--draft-head" ? load.draft_head : load.draft_layers) = q == "q4" ? mimo::QuantType::q4 : mimo::QuantType::q8;
+    } else {
       std::fprintf(stderr, "bench_speculative: unknown option %s\n", argv[i]);
       return 2;
     }
   }
   if (model_dir.empty() || prompt_n < 2 || gen_n < 2 || reps < 1 || threads < 0) {
-    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4]\n");
+    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4] [--draft-layers q8|q4]\n");
     return 2;
   }
 
@@ -135,9 +142,9 @@ int main(int argc, char** argv) {
       pending = emitted.back();
     }
     const double mtp = median(t_mtp);
-    std::printf("| MTP drafting step (1 draft, lm_head %s) | %.1f | %.3f |\n",
-                load.draft_head == mimo::QuantType::none ? "as stored" : mimo::to_string(load.draft_head).data(), 1e3 * mtp,
-                mtp / step);
+    auto as = [](mimo::QuantType q) { return q == mimo::QuantType::none ? "as stored" : mimo::to_string(q).data(); };
+    std::printf("| MTP drafting step (1 draft, lm_head %s, MTP layers %s) | %.1f | %.3f |\n", as(load.draft_head),
+                as(load.draft_layers), 1e3 * mtp, mtp / step);
     check(session.truncate(P), "truncate");
   }
 

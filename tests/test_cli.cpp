@@ -157,13 +157,16 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
   const std::string drafting = " --tokens 9707 -n 16 --greedy --print-ids --quiet";
   auto plain = run_mimo("generate --mtp-depth 0" + drafting);
   REQUIRE(plain.status == 0);
-  for (const char* head : {"q8", "q4"}) {
-    CAPTURE(head);
-    auto drafted = run_mimo(std::string("generate --mtp-depth 2 --draft-head ") + head + drafting);
+  for (const char* options : {"--draft-head q8", "--draft-head q4", "--draft-layers q8", "--draft-head q4 --draft-layers q4"}) {
+    CAPTURE(options);
+    auto drafted = run_mimo(std::string("generate --mtp-depth 2 ") + options + drafting);
     REQUIRE_MESSAGE(drafted.status == 0, drafted.err);
     CHECK(last_line(drafted.out) == last_line(plain.out));
   }
   auto bad_head = run_mimo("generate --draft-head q5" + run);
   CHECK(bad_head.status == 1);
   CHECK(bad_head.err.find("--draft-head must be") != std::string::npos);
+  auto bad_layers = run_mimo("generate --draft-layers int4" + run);
+  CHECK(bad_layers.status == 1);
+  CHECK(bad_layers.err.find("--draft-layers must be") != std::string::npos);
 }

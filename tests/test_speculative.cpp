@@ -323,7 +323,7 @@ TEST_CASE("speculative: a deeper draft step matches the reference chain (two MTP
   CHECK(s.mtp_size(2) == S - 2);
 }
 
-TEST_CASE("speculative: a quantized draft head changes the drafts' logits a little and the output not at all") {
+TEST_CASE("speculative: a quantized draft head or MTP layers change the drafts' logits a little and the output not at all") {
   const auto config = test::small_config(300, 64, 2, 4, 2, 16, 96, 1);
   test::TempDir dir;
   test::synthesize(dir.path(), config, 31);
@@ -343,16 +343,25 @@ TEST_CASE("speculative: a quantized draft head changes the drafts' logits a litt
   const auto reference = mtp_logits(exact_head);
   double scale = 0.0;
   for (float v : reference) scale = std::max(scale, static_cast<double>(std::abs(v)));
-  for (mimo::QuantType q : {mimo::QuantType::q8, mimo::QuantType::q4}) {
-    CAPTURE(mimo::to_string(q));
-    auto m = Model::load(dir.path(), {.draft_head = q});
+  using mimo::QuantType;
+  struct Case {
+    QuantType head, layers;
+    double bound;  // of the largest MTP logit error, relative to the largest logit
+  };
+  for (const Case c : {Case{QuantType::q8, QuantType::none, 0.02}, Case{QuantType::q4, QuantType::none, 0.15},
+                       Case{QuantType::none, QuantType::q8, 0.02}, Case{QuantType::none, QuantType::q4, 0.15},
+                       Case{QuantType::q4, QuantType::q8, 0.15}}) {
+    CAPTURE(mimo::to_string(c.head));
+    CAPTURE(mimo::to_string(c.layers));
+    auto m = Model::load(dir.path(), {.draft_head = c.head, .draft_layers = c.layers});
     REQUIRE(m.has_value());
     const auto got = mtp_logits(*m);
     double worst = 0.0;
     for (size_t v = 0; v < got.size(); ++v) worst = std::max(worst, static_cast<double>(std::abs(got[v] - reference[v])));
-    MESSAGE(mimo::to_string(q), " draft head: max |MTP logit - as stored| = ", worst, " (logits up to ", scale, ")");
-    CHECK(worst > 0.0);  // the copy is in use
-    CHECK(worst < (q == mimo::QuantType::q8 ? 0.02 : 0.15) * scale);
+    MESSAGE("draft head ", mimo::to_string(c.head), ", MTP layers ", mimo::to_string(c.layers),
+            ": max |MTP logit - as stored| = ", worst, " (logits up to ", scale, ")");
+    CHECK(worst > 0.0);  // the quantized copies are in use
+    CHECK(worst < c.bound * scale);
     // The main model's logits still go through lm_head as stored.
     auto a = session_of(exact_head), b = session_of(*m);
     auto la = a.append(prompt, {.logits = mimo::OutputRows::last});
@@ -365,5 +374,5 @@ TEST_CASE("speculative: a quantized draft head changes the drafts' logits a litt
   auto no_mtp = test::small_config(300, 64, 2, 4, 2, 16, 96, 0);
   test::TempDir dir2;
   test::synthesize(dir2.path(), no_mtp, 32);
-  CHECK(Model::load(dir2.path(), {.draft_head = mimo::QuantType::q8}).has_value());
+  CHECK(Model::load(dir2.path(), {.draft_head = mimo::QuantType::q8, .draft_layers = mimo::QuantType::q8}).has_value());
 }

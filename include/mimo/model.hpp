@@ -59,6 +59,12 @@ struct LoadOptions {
   // move. Costs the copy's memory (q4: 0.35 GB for MiMo-7B) and a second or two of loading. Not
   // applied when lm_head is already quantized, or the checkpoint has no MTP layers. CPU only.
   QuantType draft_head = QuantType::none;
+  // The MTP layers' products (their block and input projection) quantized to this format (q8 or
+  // q4) in memory while loading, their mapped pages handed back: they only draft, so the output
+  // stays the same. With draft_head = q4 and draft_layers = q8, an MTP step of MiMo-7B reads
+  // 0.57 GB instead of 1.7. Layers the checkpoint (or `quantize`) already made quantized are
+  // used as they are. CPU only.
+  QuantType draft_layers = QuantType::none;
 };
 
 // Memory a model and one session will use, before committing to them.
@@ -161,6 +167,13 @@ Expected<Model<B>> Model<B>::load(const std::filesystem::path& dir, const LoadOp
     if (!st) return std::move(st).error();
   }
   ModelTensors& t = data->tensors;
+  if (options.draft_layers != QuantType::none) {
+    QuantizeOptions qo = options.quantize;
+    qo.type = options.draft_layers;
+    qo.keep_mtp = false;
+    auto st = quantize_in_memory(data->tensors, qo, data->quantized, [](size_t, size_t) { return true; }, QuantizeScope::drafter);
+    if (!st) return std::move(st).error();
+  }
   if (options.draft_head != QuantType::none && !t.mtp_layers.empty() && !t.lm_head.quantized()) {
     QuantizeOptions qo = options.quantize;
     auto pool = cpu::ThreadPool::create(qo.threads);

@@ -149,11 +149,15 @@ inline Expected<std::unique_ptr<QuantizedTensor>> quantize_tensor(const TensorVi
   return out;
 }
 
+// Which products quantize_in_memory converts: all of the model's, or only the MTP layers' (they
+// only draft tokens, which the main model verifies: LoadOptions::draft_layers).
+enum class QuantizeScope { model, drafter };
+
 // Quantizes the products of bound tensors in memory (Model::load), releasing the mapped pages
 // of each float weight once its quantized copy exists. `progress(done, total)` after each tensor.
 template <class Progress>
 Status quantize_in_memory(ModelTensors& m, const QuantizeOptions& o, std::vector<std::unique_ptr<QuantizedTensor>>& out,
-                          Progress&& progress) {
+                          Progress&& progress, QuantizeScope scope = QuantizeScope::model) {
   if (o.type == QuantType::none) return ok();
   auto pool = cpu::ThreadPool::create(o.threads);
   if (!pool) return std::move(pool).error();
@@ -161,12 +165,14 @@ Status quantize_in_memory(ModelTensors& m, const QuantizeOptions& o, std::vector
   auto block = [&](DecoderBlockTensors& b) {
     for (TensorView* v : {&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj, &b.gate_proj, &b.up_proj, &b.down_proj}) views.push_back(v);
   };
-  for (auto& l : m.layers) block(l);
+  if (scope == QuantizeScope::model) {
+    for (auto& l : m.layers) block(l);
+  }
   for (auto& l : m.mtp_layers) {
     block(l.block);
     views.push_back(&l.input_proj);
   }
-  if (m.lm_head.info != m.embed_tokens.info) views.push_back(&m.lm_head);
+  if (scope == QuantizeScope::model && m.lm_head.info != m.embed_tokens.info) views.push_back(&m.lm_head);
   size_t done = 0;
   for (TensorView* v : views) {
     const QuantType q = v->quantized() ? QuantType::none : quant_target(v->name(), *v->info, o);

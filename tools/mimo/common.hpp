@@ -24,7 +24,7 @@ namespace mimo::cli {
 
 // Options every model-running command accepts.
 inline std::set<std::string> model_options() {
-  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head"};
+  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head", "draft-layers"};
 }
 inline std::set<std::string> sampling_options() {
   return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
@@ -76,7 +76,8 @@ inline Expected<SamplerOptions> sampler_options(const Args& args) {
 
 // --quantize {q8,q4}: quantize the float products while loading (CPU backend; a checkpoint
 // written by `mimo quantize` needs no option). --draft-head {q8,q4}: the MTP drafter's logits
-// through a quantized copy of lm_head (LoadOptions::draft_head; CPU backend).
+// through a quantized copy of lm_head (LoadOptions::draft_head; CPU backend). --draft-layers
+// {q8,q4}: the MTP layers quantized while loading (LoadOptions::draft_layers; CPU backend).
 inline Expected<LoadOptions> load_options(const Args& args) {
   LoadOptions o;
   auto quant = [&](const char* flag) -> Expected<QuantType> {
@@ -92,6 +93,9 @@ inline Expected<LoadOptions> load_options(const Args& args) {
   auto head = quant("draft-head");
   if (!head) return std::move(head).error();
   o.draft_head = *head;
+  auto layers = quant("draft-layers");
+  if (!layers) return std::move(layers).error();
+  o.draft_layers = *layers;
   return o;
 }
 
