@@ -212,13 +212,6 @@ MIMO_TARGET_AVX512 inline float hmax512(__m512 v) {
   for (int i = 1; i < 16; ++i) x = std::max(x, lanes[i]);
   return x;
 }
-MIMO_TARGET_AVX512 inline float hsum512_attn(__m512 v) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  float x = 0.0f;
-  for (float y : lanes) x += y;
-  return x;
-}
 
 // Scores of queries [r0, r0 + NQ) for every block of the chunk, two blocks per pass.
 template <KvType T, int NQ>
@@ -351,7 +344,7 @@ MIMO_TARGET_AVX512 void chunk_avx512(const ChunkArgs& a) {
         _mm512_storeu_ps(s + b * kKvBlock, p);
       }
     }
-    a.l[r] = a.l[r] * a.alpha[r] + hsum512_attn(vsum);
+    a.l[r] = a.l[r] * a.alpha[r] + detail::hsum512(vsum);
   }
   for (int64_t r0 = 0; r0 < a.queries; r0 += 4) {
     switch (std::min<int64_t>(4, a.queries - r0)) {

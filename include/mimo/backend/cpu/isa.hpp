@@ -23,6 +23,10 @@
 #define MIMO_X86 0
 #endif
 
+#if MIMO_X86
+#include <immintrin.h>
+#endif
+
 namespace mimo::cpu {
 
 enum class Isa {
@@ -105,5 +109,21 @@ inline Isa detect_isa() {
   }
   return Isa::scalar;
 }
+
+#if MIMO_X86
+namespace detail {
+
+// The sum of a vector's lanes in a fixed order (0..15), through memory: the shuffle intrinsics
+// leave lanes "undefined", which GCC 12 warns about, and the kernels call this once per output.
+MIMO_TARGET_AVX512 inline float hsum512(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float s = 0.0f;
+  for (float x : lanes) s += x;
+  return s;
+}
+
+}  // namespace detail
+#endif
 
 }  // namespace mimo::cpu

@@ -204,15 +204,6 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
   out[count] = 0.0f;
 }
 
-// Through memory, in a fixed order (lanes 0..15): this runs once per output value.
-MIMO_TARGET_AVX512 inline float hsum512(__m512 v) {
-  alignas(64) float l[16];
-  _mm512_store_ps(l, v);
-  float s = 0.0f;
-  for (float e : l) s += e;
-  return s;
-}
-
 // q8: one pair of blocks (p) of a row times N vectors. A macro: the body runs in the main loop
 // and, masked, for an odd last block (a lambda would lose the function's target attribute).
 #define MIMO_Q8PAIR_AVX512(one)                                                                                \
