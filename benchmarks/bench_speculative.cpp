@@ -8,7 +8,8 @@
 //           `prompt` tokens; the time of one verification pass over 2..5 tokens relative to it
 //           (decoding is memory-bound, so more rows cost little); one MTP drafting step (the MTP
 //           layer and lm_head over one row, plus its catch-up row) relative to it. Medians of
-//           `reps` timings; each pass is rolled back afterwards, so every one sees the same context.
+//           `reps` timings, the verification passes interleaved with decoding steps (ratios of
+//           neighbours); each pass is rolled back afterwards, so every one sees the same context.
 //           --draft-head: the MTP step's logits through a quantized copy of lm_head; --draft-layers:
 //           the MTP layers quantized while loading (LoadOptions).
 // replay    end-to-end greedy decoding of `gen` tokens: plain, then with a ReplayDrafter that
@@ -103,24 +104,32 @@ int main(int argc, char** argv) {
   // --- steps -------------------------------------------------------------------------------------
   auto time_pass = [&](int rows) {
     std::vector<int32_t> input(static_cast<size_t>(rows), next);
-    std::vector<double> t;
-    for (int r = 0; r < reps; ++r) {
-      const auto start = Clock::now();
-      take(session.append(input, {.logits = mimo::OutputRows::all, .hidden = mimo::OutputRows::all}), "pass");
-      t.push_back(seconds_since(start));
-      check(session.truncate(P), "truncate");
-    }
-    return median(t);
+    const auto start = Clock::now();
+    take(session.append(input, {.logits = mimo::OutputRows::all, .hidden = mimo::OutputRows::all}), "pass");
+    const double t = seconds_since(start);
+    check(session.truncate(P), "truncate");
+    return t;
   };
   time_pass(1);  // warm the scratch and the page tables
-  const double step = time_pass(1);
-  std::printf("## Steps (%s, %d threads, context %lld, medians of %d)\n\n", model_dir.c_str(), threads,
-              static_cast<long long>(P), reps);
+  // Interleaved: each repetition times a decoding step and then passes of 2..5 tokens, and each
+  // ratio compares passes seconds apart (this machine's speed drifts by half within minutes).
+  std::vector<double> steps;
+  std::vector<std::vector<double>> times(6), ratios(6);
+  for (int r = 0; r < reps; ++r) {
+    const double one = time_pass(1);
+    steps.push_back(one);
+    for (int rows = 2; rows <= 5; ++rows) {
+      times[rows].push_back(time_pass(rows));
+      ratios[rows].push_back(times[rows].back() / one);
+    }
+  }
+  const double step = median(steps);
+  std::printf("## Steps (%s, %d threads, context %lld, medians of %d interleaved repetitions)\n\n", model_dir.c_str(),
+              threads, static_cast<long long>(P), reps);
   std::printf("| pass | ms | relative to one decoding step |\n|---|---|---|\n");
   std::printf("| decode, 1 token | %.1f | 1.00 |\n", 1e3 * step);
   for (int rows = 2; rows <= 5; ++rows) {
-    const double t = time_pass(rows);
-    std::printf("| verify, %d tokens | %.1f | %.3f |\n", rows, 1e3 * t, t / step);
+    std::printf("| verify, %d tokens | %.1f | %.3f |\n", rows, 1e3 * median(times[rows]), median(ratios[rows]));
   }
   if (model.config().num_nextn_predict_layers > 0) {
     // Drafting as generate() does it: propose one draft, verify it, repeat.
