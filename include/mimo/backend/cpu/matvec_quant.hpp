@@ -36,23 +36,24 @@
 namespace mimo::cpu {
 
 // Activation rows quantized for the kernels of one weight format, in memory the caller reserves.
-// Each row is a sequence of records, so a kernel follows one stream per row:
-//   q8: a record per pair of blocks (64 columns), 128 bytes:
-//       64 activations + 128 as unsigned bytes | 16 fp32 scales (lane l: the block of its bytes)
-//   q4: a record per quad of blocks (128 columns), 192 bytes, laid out like the q4 codes of
+// Each row is a sequence of records of codes, beside one fp32 scale per block:
+//   q8: a record per pair of blocks (64 columns), 64 bytes: the activations + 128 as unsigned bytes;
+//   q4: a record per quad of blocks (128 columns), 128 bytes, laid out like the q4 codes of
 //       64 weight bytes (block j's low nibbles hold its columns 0-15, the high ones 16-31):
-//       columns 0-15 of blocks 0..3 | columns 16-31 of blocks 0..3 (signed bytes) | 16 fp32
-//       scales (lane l: block l / 4)
+//       columns 0-15 of blocks 0..3 | columns 16-31 of blocks 0..3 (signed bytes).
+// The scales stay apart and compact so that a row of down_proj's 11008 columns (11 KiB of codes)
+// stays in L1 beside the weight stream; spread over the lanes, they doubled that, and the
+// activations were read from L2 at a third less speed.
 // A partial last record is zero past the last block. q4 also keeps each row's sums of scale *
 // (the quantized activations) per weight group, for the codes' offset or minimums.
 struct QuantizedRows {
-  static constexpr int64_t kRecord8 = 128, kRecord4 = 192;
+  static constexpr int64_t kRecord8 = 64, kRecord4 = 128;
   QuantType format = QuantType::none;  // the weights these rows were prepared for
   int64_t group = 0;                   // and their group size
   int n = 0;
   int64_t cols = 0, blocks = 0, records_per_row = 0, groups = 0;  // blocks of 32 columns
   std::byte* records = nullptr;  // [n][records_per_row]
-  float* scale = nullptr;        // [n][blocks] activation scales
+  float* scale = nullptr;        // [n][blocks] activation scales, and 4 floats of zeros after them
   float* group_sum = nullptr;    // q4: [n][groups] sum over the group's blocks of scale * (sum of codes)
 
   int64_t record_bytes() const { return format == QuantType::q4 ? kRecord4 : kRecord8; }
@@ -75,7 +76,7 @@ struct QuantizedRows {
   static uint64_t bytes_for(int rows, int64_t max_cols) {
     const uint64_t blocks = static_cast<uint64_t>(max_cols + 31) / 32;
     const uint64_t record_bytes = std::max((blocks + 1) / 2 * kRecord8, (blocks + 3) / 4 * kRecord4);
-    return static_cast<uint64_t>(rows) * (record_bytes + blocks * 8) + 64;
+    return static_cast<uint64_t>(rows) * (record_bytes + blocks * 8) + 16 + 64;
   }
   // Points the arrays into `storage` (bytes_for(rows, max_cols) bytes, 64-byte aligned).
   void bind(std::byte* storage, int rows, int64_t max_cols) {
@@ -83,7 +84,7 @@ struct QuantizedRows {
     const uint64_t record_bytes = std::max((b + 1) / 2 * kRecord8, (b + 3) / 4 * kRecord4);
     records = storage;
     scale = reinterpret_cast<float*>(storage + rows * record_bytes);
-    group_sum = scale + rows * b;
+    group_sum = scale + rows * b + 4;
     n = 0;
   }
 };
@@ -102,6 +103,8 @@ inline void prepare_rows(const float* x, int64_t ldx, int n, int64_t cols, const
   const bool q4 = w.quant == QuantType::q4;
   const int64_t blocks_per_group = std::max<int64_t>(1, w.group / 32);
   out.groups = q4 ? (blocks + blocks_per_group - 1) / blocks_per_group : 0;
+  // Kernels load a record's 2 or 4 scales at once: the last row's may run past its end.
+  std::fill(out.scale + n * blocks, out.scale + n * blocks + 4, 0.0f);
   for (int i = 0; i < n; ++i) {
     const float* xi = x + i * ldx;
     if (blocks % per) std::memset(out.records + (i * out.records_per_row + out.records_per_row - 1) * rb, 0, rb);
@@ -123,13 +126,7 @@ inline void prepare_rows(const float* x, int64_t ldx, int n, int64_t cols, const
         }
         total += v;
       }
-      auto* lanes = reinterpret_cast<float*>(rec + rb - 64);
-      if (q4) {
-        for (int l = 0; l < 4; ++l) lanes[(b % 4) * 4 + l] = s;
-        out.group_sum[i * out.groups + b / blocks_per_group] += s * static_cast<float>(total);
-      } else {
-        for (int l = 0; l < 8; ++l) lanes[(b % 2) * 8 + l] = s;
-      }
+      if (q4) out.group_sum[i * out.groups + b / blocks_per_group] += s * static_cast<float>(total);
       out.scale[i * blocks + b] = s;
     }
   }
@@ -213,16 +210,14 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
     /* -128 * (the sum of each lane's 4 codes): the share of the activations' offset */                        \
     const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),                                              \
                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, codes));         \
-    /* lanes 0-7 take the first block's scale, 8-15 the second's */                                            \
-    const __m512 ws = shift == 0 ? _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_maskz_broadcast_f32x4(     \
-                                       0xffff, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(     \
-                                                   s + (2 * p - g0))))))                                       \
-                                 : _mm512_set1_ps(s[((2 * p) >> shift) - g0]);                                 \
+    /* the two blocks' weight scales; lanes 0-7 take the first block's product of scales, 8-15 the second's */ \
+    const __m128 ws = shift == 0 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + (2 * p - g0)))) \
+                                 : _mm_set1_ps(s[((2 * p) >> shift) - g0]);                                    \
     _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                      \
-      const std::byte* rec = x.record(i0 + i, p);                                                              \
-      const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(rec), codes);                            \
-      const __m512 xs = _mm512_load_ps(reinterpret_cast<const float*>(rec + 64));                              \
-      acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), _mm512_mul_ps(ws, xs), acc[i]);          \
+      const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(x.record(i0 + i, p)), codes);            \
+      const __m128 xs = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x.scale + (i0 + i) * x.blocks + 2 * p))); \
+      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs)));              \
+      acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
   }
 
@@ -255,6 +250,16 @@ MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, cons
 }
 #undef MIMO_Q8PAIR_AVX512
 
+// q4: the weight scales of a quad's four blocks, from s (its first group's widened scale on).
+MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
+  if (shift == 0) return _mm_loadu_ps(s);
+  if (shift == 1) {
+    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)));
+    return _mm_unpacklo_ps(two, two);
+  }
+  return _mm_set1_ps(*s);
+}
+
 // q4: one quad of blocks (q: 64 bytes of codes) of a row times N vectors; `tail` blocks (1-3) of
 // a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of each block, the
 // high nibbles columns 16-31, as the activation records are laid out: two vpdpbusd per quad.
@@ -265,14 +270,15 @@ MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, cons
                                 : _mm512_loadu_si512(row + q * 64);                                            \
     const __m512i lo = _mm512_and_si512(packed, nibble);                                                       \
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);                                 \
-    const __m512 ws = _mm512_maskz_permutexvar_ps(                                                             \
-        0xffff, pick, _mm512_maskz_broadcast_f32x4(0xffff, _mm_loadu_ps(s + ((4 * q) >> shift) - g0)));        \
+    /* the four blocks' weight scales; lane l takes block l / 4's product of scales */                         \
+    const __m128 ws = quad_scales(s + ((4 * q) >> shift) - g0, shift);                                         \
     _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                      \
       const std::byte* rec = x.record(i0 + i, q);                                                              \
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(rec)), \
                                               hi, _mm512_load_si512(rec + 64));                                \
-      const __m512 xs = _mm512_load_ps(reinterpret_cast<const float*>(rec + 128));                             \
-      acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), _mm512_mul_ps(ws, xs), acc[i]);          \
+      const __m128 xs = _mm_loadu_ps(x.scale + (i0 + i) * x.blocks + 4 * q);                                   \
+      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs)));              \
+      acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
   }
 
@@ -281,11 +287,7 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
   constexpr int64_t kChunk = 1024;  // groups whose scales are widened at once (whole quads)
   alignas(64) float s[kChunk + 16], m[Min ? kChunk + 16 : 1];
   const int shift = group_shift(w);
-  // Lane l covers block l / 4 of the quad; its group's scale is entry (block >> shift) of the
-  // four scales loaded from the quad's first group.
-  const __m512i pick = shift == 0   ? _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
-                       : shift == 1 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
-                                    : _mm512_setzero_si512();
+  const __m512i pick = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);  // lane l: block l / 4
   const __m512i nibble = _mm512_set1_epi8(15);
   const std::byte* row = w.row(r);
   const int64_t groups = x.blocks >> shift;
