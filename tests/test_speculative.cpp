@@ -370,6 +370,16 @@ TEST_CASE("speculative: a quantized draft head or MTP layers change the drafts' 
     CHECK(std::equal(la->data, la->data + config.vocab_size, lb->data));
     for (int depth = 1; depth <= 3; ++depth) CHECK(run(*m, prompt, 120, {.greedy = true}, depth) == plain);
   }
+  // Quantizing the drafter reports its own stage, and the host can cancel there.
+  bool seen = false;
+  auto cancelled = Model::load(dir.path(), {.on_progress = [&](const mimo::LoadProgress& p) {
+                                              seen = seen || p.stage == "quantizing drafter layers";
+                                              return p.stage != "quantizing drafter layers";
+                                            },
+                                            .draft_layers = QuantType::q8});
+  CHECK(seen);
+  REQUIRE_FALSE(cancelled.has_value());
+  CHECK(cancelled.error().code() == mimo::Errc::cancelled);
   // Without MTP layers the option does nothing (and costs nothing).
   auto no_mtp = test::small_config(300, 64, 2, 4, 2, 16, 96, 0);
   test::TempDir dir2;

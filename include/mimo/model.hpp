@@ -171,7 +171,10 @@ Expected<Model<B>> Model<B>::load(const std::filesystem::path& dir, const LoadOp
     QuantizeOptions qo = options.quantize;
     qo.type = options.draft_layers;
     qo.keep_mtp = false;
-    auto st = quantize_in_memory(data->tensors, qo, data->quantized, [](size_t, size_t) { return true; }, QuantizeScope::drafter);
+    // Progress holds at read_share (the fraction never goes back); the host may still cancel.
+    auto st = quantize_in_memory(data->tensors, qo, data->quantized, [&](size_t done, size_t total) {
+      return report("quantizing drafter layers", done, total, read_share);
+    }, QuantizeScope::drafter);
     if (!st) return std::move(st).error();
   }
   if (options.draft_head != QuantType::none && !t.mtp_layers.empty() && !t.lm_head.quantized()) {

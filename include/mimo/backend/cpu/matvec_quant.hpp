@@ -398,7 +398,7 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
 // One row at a time (16 registers), vectors [i0, i0 + N). Stamped out for AVX2 and AVX-VNNI
 // (a function's target attribute cannot depend on a template argument).
 #define MIMO_QCHUNK_AVX2(name, target, dot, share)                                                            \
-  template <QuantType Q, bool Min, int N, class Store>                                                       \
+  template <QuantType Q, int N, class Store>  /* q4 minimums enter through q4_offset_scalar */              \
   target void name(const WeightMatrix& w, const QuantizedRows& x, int i0, int64_t r0, int64_t r1, Store& store) { \
     const int shift = group_shift(w);                                                                        \
     for (int64_t r = r0; r < r1; ++r) {                                                                      \
@@ -450,13 +450,11 @@ void matvec_quantized(Isa isa, const WeightMatrix& w, const QuantizedRows& x, in
             else if (mins) detail::qchunk_avx512<QuantType::q4, true, N>(w, x, i0, b0, b1, store);
             else detail::qchunk_avx512<QuantType::q4, false, N>(w, x, i0, b0, b1, store);
           } else if (has_vnni(isa)) {
-            if (q8) detail::qchunk_avx2_vnni<QuantType::q8, false, N>(w, x, i0, b0, b1, store);
-            else if (mins) detail::qchunk_avx2_vnni<QuantType::q4, true, N>(w, x, i0, b0, b1, store);
-            else detail::qchunk_avx2_vnni<QuantType::q4, false, N>(w, x, i0, b0, b1, store);
+            if (q8) detail::qchunk_avx2_vnni<QuantType::q8, N>(w, x, i0, b0, b1, store);
+            else detail::qchunk_avx2_vnni<QuantType::q4, N>(w, x, i0, b0, b1, store);
           } else {
-            if (q8) detail::qchunk_avx2<QuantType::q8, false, N>(w, x, i0, b0, b1, store);
-            else if (mins) detail::qchunk_avx2<QuantType::q4, true, N>(w, x, i0, b0, b1, store);
-            else detail::qchunk_avx2<QuantType::q4, false, N>(w, x, i0, b0, b1, store);
+            if (q8) detail::qchunk_avx2<QuantType::q8, N>(w, x, i0, b0, b1, store);
+            else detail::qchunk_avx2<QuantType::q4, N>(w, x, i0, b0, b1, store);
           }
         };
         switch (n) {
