@@ -182,6 +182,19 @@ TEST_CASE("quantize: quantizing while loading gives the written checkpoint's mod
     auto in_memory = mimo::Model<mimo::Cpu>::load(src, lo);
     REQUIRE_MESSAGE(in_memory.has_value(), (in_memory ? "" : in_memory.error().describe()));
     CHECK(std::find(stages.begin(), stages.end(), "quantizing weights") != stages.end());
+    // The memory estimate before loading (planned from the shapes), of the loaded models (their
+    // bound tensors) and the sizes the writer gave the file's tensors all agree.
+    auto planned = mimo::Model<mimo::Cpu>::estimate_memory(src, lo, {.context = 64});
+    auto written = mimo::Model<mimo::Cpu>::estimate_memory(out, {.context = 64});
+    auto as_stored = mimo::Model<mimo::Cpu>::estimate_memory(src, {.context = 64});
+    REQUIRE(planned.has_value());
+    REQUIRE(written.has_value());
+    REQUIRE(as_stored.has_value());
+    CHECK(written->weights == from_file->checkpoint().tensor_bytes());
+    CHECK(planned->weights == written->weights);
+    CHECK(in_memory->estimate({.context = 64}).weights == planned->weights);
+    CHECK(from_file->estimate({.context = 64}).weights == planned->weights);
+    CHECK(planned->weights < as_stored->weights * (f.type == QuantType::q8 ? 6 : 4) / 10);
     // Prefill (all rows) and decoding one token at a time, with the default (fast) options.
     for (bool decode : {false, true}) {
       CAPTURE(decode);

@@ -353,8 +353,21 @@ TEST_CASE("speculative: a quantized draft head or MTP layers change the drafts' 
                        Case{QuantType::q4, QuantType::q8, 0.15}}) {
     CAPTURE(mimo::to_string(c.head));
     CAPTURE(mimo::to_string(c.layers));
-    auto m = Model::load(dir.path(), {.draft_head = c.head, .draft_layers = c.layers});
+    const mimo::LoadOptions options{.draft_head = c.head, .draft_layers = c.layers};
+    auto m = Model::load(dir.path(), options);
     REQUIRE(m.has_value());
+    // The estimate before loading plans the copies this load made: the same weight bytes as the
+    // loaded model's tensors; a draft head alone adds exactly its codes and scales.
+    auto planned = Model::estimate_memory(dir.path(), options);
+    REQUIRE(planned.has_value());
+    CHECK(planned->weights == m->estimate({}).weights);
+    if (c.layers == QuantType::none) {
+      const uint64_t v = static_cast<uint64_t>(config.vocab_size), h = static_cast<uint64_t>(config.hidden_size);
+      const uint64_t codes = c.head == QuantType::q4 ? v * h / 2 : v * h, scales = v * (h / (c.head == QuantType::q4 ? 32 : 64)) * 2;
+      CHECK(planned->weights == exact_head.estimate({}).weights + codes + scales);
+    } else {
+      CHECK(planned->weights < exact_head.estimate({}).weights);
+    }
     const auto got = mtp_logits(*m);
     double worst = 0.0;
     for (size_t v = 0; v < got.size(); ++v) worst = std::max(worst, static_cast<double>(std::abs(got[v] - reference[v])));
@@ -384,5 +397,9 @@ TEST_CASE("speculative: a quantized draft head or MTP layers change the drafts' 
   auto no_mtp = test::small_config(300, 64, 2, 4, 2, 16, 96, 0);
   test::TempDir dir2;
   test::synthesize(dir2.path(), no_mtp, 32);
-  CHECK(Model::load(dir2.path(), {.draft_head = mimo::QuantType::q8, .draft_layers = mimo::QuantType::q8}).has_value());
+  const mimo::LoadOptions drafter_options{.draft_head = mimo::QuantType::q8, .draft_layers = mimo::QuantType::q8};
+  CHECK(Model::load(dir2.path(), drafter_options).has_value());
+  auto plain_estimate = Model::estimate_memory(dir2.path()), drafter_estimate = Model::estimate_memory(dir2.path(), drafter_options);
+  REQUIRE((plain_estimate.has_value() && drafter_estimate.has_value()));
+  CHECK(drafter_estimate->weights == plain_estimate->weights);
 }

@@ -93,16 +93,23 @@ class Model {
   // uploaded once (GPU). Every tensor is validated against config.json first.
   static Expected<Model> load(const std::filesystem::path& dir, const LoadOptions& options = {});
 
-  // Memory a checkpoint and one session would need, from the headers alone.
-  static Expected<MemoryEstimate> estimate_memory(const std::filesystem::path& dir, const SessionOptions<B>& options = {});
+  // Memory a checkpoint and one session would need, from the headers alone: the weights as
+  // load(dir, load) would keep them (quantized while loading, drafter copies), the caches, and
+  // the workspace.
+  static Expected<MemoryEstimate> estimate_memory(const std::filesystem::path& dir, const LoadOptions& load,
+                                                  const SessionOptions<B>& options = {});
+  static Expected<MemoryEstimate> estimate_memory(const std::filesystem::path& dir, const SessionOptions<B>& options = {}) {
+    return estimate_memory(dir, LoadOptions{}, options);
+  }
 
   const ModelConfig& config() const { return data_->checkpoint.config(); }
   const Checkpoint& checkpoint() const { return data_->checkpoint; }
   const Weights<B>& weights() const { return data_->weights; }
   // The bound tensors (views into the mapping, or into memory for weights quantized on load).
   const ModelTensors& tensors() const { return data_->tensors; }
+  // Memory this model keeps and a session with `options` would add.
   MemoryEstimate estimate(const SessionOptions<B>& options) const {
-    return estimate_for(config(), data_->checkpoint.tensor_bytes(), options);
+    return estimate_for(config(), resident_weight_bytes(data_->tensors), options);
   }
 
   Expected<Session<B>> new_session(const SessionOptions<B>& options = {}) const;
@@ -197,10 +204,14 @@ Expected<Model<B>> Model<B>::load(const std::filesystem::path& dir, const LoadOp
 }
 
 template <class B>
-Expected<MemoryEstimate> Model<B>::estimate_memory(const std::filesystem::path& dir, const SessionOptions<B>& options) {
-  auto ck = Checkpoint::open(dir);
+Expected<MemoryEstimate> Model<B>::estimate_memory(const std::filesystem::path& dir, const LoadOptions& load,
+                                                   const SessionOptions<B>& options) {
+  auto ck = Checkpoint::open(dir, load.limits, /*huge_pages=*/false);
   if (!ck) return std::move(ck).error();
-  return estimate_for(ck->config(), ck->tensor_bytes(), options);
+  auto tensors = ModelTensors::bind(*ck);
+  if (!tensors) return std::move(tensors).error();
+  return estimate_for(ck->config(), planned_weight_bytes(*tensors, load.quantize, load.draft_layers, load.draft_head),
+                      options);
 }
 
 template <class B>

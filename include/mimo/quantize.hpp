@@ -153,14 +153,10 @@ inline Expected<std::unique_ptr<QuantizedTensor>> quantize_tensor(const TensorVi
 // only draft tokens, which the main model verifies: LoadOptions::draft_layers).
 enum class QuantizeScope { model, drafter };
 
-// Quantizes the products of bound tensors in memory (Model::load), releasing the mapped pages
-// of each float weight once its quantized copy exists. `progress(done, total)` after each tensor.
-template <class Progress>
-Status quantize_in_memory(ModelTensors& m, const QuantizeOptions& o, std::vector<std::unique_ptr<QuantizedTensor>>& out,
-                          Progress&& progress, QuantizeScope scope = QuantizeScope::model) {
-  if (o.type == QuantType::none) return ok();
-  auto pool = cpu::ThreadPool::create(o.threads);
-  if (!pool) return std::move(pool).error();
+namespace detail {
+
+// The products quantize_in_memory considers for `scope`, in order.
+inline std::vector<TensorView*> quantizable_views(ModelTensors& m, QuantizeScope scope) {
   std::vector<TensorView*> views;
   auto block = [&](DecoderBlockTensors& b) {
     for (TensorView* v : {&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj, &b.gate_proj, &b.up_proj, &b.down_proj}) views.push_back(v);
@@ -173,6 +169,59 @@ Status quantize_in_memory(ModelTensors& m, const QuantizeOptions& o, std::vector
     views.push_back(&l.input_proj);
   }
   if (scope == QuantizeScope::model && m.lm_head.info != m.embed_tokens.info) views.push_back(&m.lm_head);
+  return views;
+}
+
+}  // namespace detail
+
+// Bytes of a copy of float weight t quantized to q (codes, scales, minimums), as quantize_tensor
+// makes it.
+inline uint64_t quantized_bytes(const TensorView& t, QuantType q, int64_t group, bool with_min) {
+  const uint64_t rows = static_cast<uint64_t>(t.dim(0)), cols = static_cast<uint64_t>(t.dim(1));
+  const uint64_t scales = rows * (cols / static_cast<uint64_t>(group)) * 2;
+  return rows * static_cast<uint64_t>(quant_row_bytes(q, t.dim(1))) + scales * (q == QuantType::q4 && with_min ? 2 : 1);
+}
+
+// Bytes of the bound weights once Model::load has applied its quantization options (`quantize`
+// over the model, `draft_layers` over the MTP layers, a `draft_head` copy of lm_head), worked out
+// from the shapes without quantizing anything: what Model::estimate_memory reports.
+inline uint64_t planned_weight_bytes(const ModelTensors& bound, const QuantizeOptions& quantize, QuantType draft_layers,
+                                     QuantType draft_head) {
+  ModelTensors m = bound;  // views only: the copy lets the plan mark what it converts
+  uint64_t bytes = resident_weight_bytes(m);
+  std::vector<const TensorView*> converted;
+  auto plan = [&](const QuantizeOptions& o, QuantizeScope scope) {
+    if (o.type == QuantType::none) return;
+    for (TensorView* v : detail::quantizable_views(m, scope)) {
+      if (v->quantized() || std::find(converted.begin(), converted.end(), v) != converted.end()) continue;
+      const QuantType q = quant_target(v->name(), *v->info, o);
+      if (q == QuantType::none) continue;
+      bytes = bytes - v->stored_bytes() + quantized_bytes(*v, q, quant_group(q, o), o.with_min);
+      converted.push_back(v);
+    }
+  };
+  plan(quantize, QuantizeScope::model);
+  QuantizeOptions drafter = quantize;
+  drafter.type = draft_layers;
+  drafter.keep_mtp = false;
+  plan(drafter, QuantizeScope::drafter);
+  const bool head_quantized =
+      m.lm_head.quantized() || std::find(converted.begin(), converted.end(), &m.lm_head) != converted.end();
+  if (draft_head != QuantType::none && !m.mtp_layers.empty() && !head_quantized && !m.draft_head) {
+    bytes += quantized_bytes(m.lm_head, draft_head, quant_group(draft_head, quantize), quantize.with_min);
+  }
+  return bytes;
+}
+
+// Quantizes the products of bound tensors in memory (Model::load), releasing the mapped pages
+// of each float weight once its quantized copy exists. `progress(done, total)` after each tensor.
+template <class Progress>
+Status quantize_in_memory(ModelTensors& m, const QuantizeOptions& o, std::vector<std::unique_ptr<QuantizedTensor>>& out,
+                          Progress&& progress, QuantizeScope scope = QuantizeScope::model) {
+  if (o.type == QuantType::none) return ok();
+  auto pool = cpu::ThreadPool::create(o.threads);
+  if (!pool) return std::move(pool).error();
+  const std::vector<TensorView*> views = detail::quantizable_views(m, scope);
   size_t done = 0;
   for (TensorView* v : views) {
     const QuantType q = v->quantized() ? QuantType::none : quant_target(v->name(), *v->info, o);

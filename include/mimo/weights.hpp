@@ -48,6 +48,36 @@ struct ModelTensors {
   static Expected<ModelTensors> bind(const Checkpoint& ck);
 };
 
+// Each bound weight once (lm_head only when it is not the tied embedding), then draft_head.
+template <class Fn>
+void for_each_weight(const ModelTensors& m, Fn&& fn) {
+  auto block = [&](const DecoderBlockTensors& b) {
+    for (const TensorView* t : {&b.input_layernorm, &b.q_proj, &b.q_bias, &b.k_proj, &b.k_bias, &b.v_proj, &b.v_bias,
+                                &b.o_proj, &b.post_attention_layernorm, &b.gate_proj, &b.up_proj, &b.down_proj}) {
+      if (*t) fn(*t);
+    }
+  };
+  if (m.embed_tokens) fn(m.embed_tokens);
+  for (const auto& b : m.layers) block(b);
+  if (m.norm) fn(m.norm);
+  if (m.lm_head && m.lm_head.data != m.embed_tokens.data) fn(m.lm_head);
+  for (const auto& l : m.mtp_layers) {
+    for (const TensorView* t : {&l.token_layernorm, &l.hidden_layernorm, &l.input_proj, &l.final_layernorm}) {
+      if (*t) fn(*t);
+    }
+    block(l.block);
+  }
+  if (m.draft_head) fn(m.draft_head);
+}
+
+// Bytes of all the bound weights (codes and scales where quantized): what the model keeps
+// resident once loaded (the mapped pages of weights quantized while loading are handed back).
+inline uint64_t resident_weight_bytes(const ModelTensors& m) {
+  uint64_t bytes = 0;
+  for_each_weight(m, [&](const TensorView& t) { bytes += t.stored_bytes(); });
+  return bytes;
+}
+
 // Bytes of weights one decoding step of the main model reads: every product (codes and scales
 // when quantized), norms and biases, and one row of the embeddings.
 inline uint64_t decode_weight_bytes(const ModelTensors& m) {
