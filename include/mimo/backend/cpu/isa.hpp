@@ -5,6 +5,10 @@
 // (has_avx512, has_vnni, has_bf16), so lowering a context's level forces every fallback below it;
 // tests run each level the machine supports. Other architectures use the scalar kernels for now;
 // an ARM NEON level would be one more value with its own target attribute and kernels.
+//
+// Nor does the consumer need -O3: the kernels' loops over register tiles carry
+// `#pragma GCC unroll`, because at -O2 (CMake's RelWithDebInfo) GCC left the tiles' accumulator
+// arrays in memory, and prefill products and attention ran at half speed.
 #pragma once
 
 #include <string_view>

@@ -246,6 +246,7 @@ MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, cons
       MIMO_Q8PAIR_AVX512(true)
     }
   }
+#pragma GCC unroll 8
   for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]);
 }
 #undef MIMO_Q8PAIR_AVX512
@@ -310,6 +311,7 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
       row_group_values_f16c(w.row_mins(r), g0, gc, m);
       v = m;
     }
+#pragma GCC unroll 8
     for (int i = 0; i < N; ++i) {
       const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
       for (int64_t g = 0; g < gc; g += 16) {
@@ -318,6 +320,7 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
       }
     }
   }
+#pragma GCC unroll 8
   for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]) + (Min ? 1.0f : -8.0f) * hsum512(offs[i]);
 }
 #undef MIMO_Q4QUAD_AVX512
@@ -329,6 +332,7 @@ MIMO_TARGET_AVX512_VNNI void qchunk_avx512(const WeightMatrix& w, const Quantize
     float out[N];
     if constexpr (Q == QuantType::q8) q8row_avx512<N>(w, r, x, i0, out);
     else q4row_avx512<Min, N>(w, r, x, i0, out);
+#pragma GCC unroll 8
     for (int i = 0; i < N; ++i) store(i0 + i, r, out[i]);
   }
 }
@@ -403,17 +407,17 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
     const int shift = group_shift(w);                                                                        \
     for (int64_t r = r0; r < r1; ++r) {                                                                      \
       __m256 acc[N];                                                                                         \
-      for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();                                              \
+      _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();                      \
       for (int64_t b = 0; b < x.blocks; ++b) {                                                               \
         const __m256i codes = load_codes32<Q>(w.row(r), b);                                                  \
         const __m256i init = share<Q>(codes);                                                                \
         const float ws = read_f16c(w.row_scales(r), b >> shift);                                             \
-        for (int i = 0; i < N; ++i) {                                                                        \
+        _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                \
           const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, load_activations32<Q>(x, i0 + i, b), init));    \
           acc[i] = _mm256_fmadd_ps(d, _mm256_set1_ps(ws * x.scale[(i0 + i) * x.blocks + b]), acc[i]);        \
         }                                                                                                    \
       }                                                                                                      \
-      for (int i = 0; i < N; ++i) {                                                                          \
+      _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                  \
         alignas(32) float l[8];                                                                              \
         _mm256_store_ps(l, acc[i]);                                                                          \
         float v = 0.0f;                                                                                      \
