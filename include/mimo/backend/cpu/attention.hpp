@@ -209,7 +209,7 @@ MIMO_TARGET_AVX512 inline float hmax512(__m512 v) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, v);
   float x = lanes[0];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 1; i < 16; ++i) x = std::max(x, lanes[i]);
   return x;
 }
@@ -220,7 +220,7 @@ MIMO_TARGET_AVX512 void scores_avx512(const ChunkArgs& a, int64_t r0) {
   constexpr int64_t es = kv_element_bytes(T);
   const int64_t d = a.d;
   auto finish = [&](int64_t b, __m512* acc) MIMO_TARGET_AVX512 {
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int r = 0; r < NQ; ++r) {
       __m512 x = acc[r];
       if constexpr (T == KvType::i8) x = _mm512_mul_ps(x, _mm512_loadu_ps(a.scales + b * a.scale_bytes));
@@ -239,14 +239,14 @@ MIMO_TARGET_AVX512 void scores_avx512(const ChunkArgs& a, int64_t r0) {
     const std::byte* vp = r0 == 0 ? a.values + b * a.part_bytes : k0;
     const int64_t vstep = r0 == 0 ? 2 * kKvBlock * es : 0;
     __m512 acc0[NQ], acc1[NQ];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int r = 0; r < NQ; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t c = 0; c < d; ++c) {
       _mm_prefetch(reinterpret_cast<const char*>(vp + c * vstep), _MM_HINT_T0);
       if constexpr (es == 4) _mm_prefetch(reinterpret_cast<const char*>(vp + c * vstep + 64), _MM_HINT_T0);
       const __m512 x0 = kv_load16<T>(k0 + c * kKvBlock * es);
       const __m512 x1 = kv_load16<T>(k1 + c * kKvBlock * es);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int r = 0; r < NQ; ++r) {
         const __m512 qc = _mm512_set1_ps(q[r * d + c]);
         acc0[r] = _mm512_fmadd_ps(qc, x0, acc0[r]);
@@ -261,12 +261,12 @@ MIMO_TARGET_AVX512 void scores_avx512(const ChunkArgs& a, int64_t r0) {
     const std::byte* vp = r0 == 0 ? a.values + b * a.part_bytes : k0;
     const int64_t vstep = r0 == 0 ? kKvBlock * es : 0;
     __m512 acc0[NQ];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int r = 0; r < NQ; ++r) acc0[r] = _mm512_setzero_ps();
     for (int64_t c = 0; c < d; ++c) {
       _mm_prefetch(reinterpret_cast<const char*>(vp + c * vstep), _MM_HINT_T0);
       const __m512 x0 = kv_load16<T>(k0 + c * kKvBlock * es);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int r = 0; r < NQ; ++r) acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * d + c]), x0, acc0[r]);
     }
     finish(b, acc0);
@@ -279,10 +279,10 @@ MIMO_TARGET_AVX512 void values_avx512(const ChunkArgs& a, int64_t r0, int64_t c0
   constexpr int64_t es = kv_element_bytes(T);
   const int64_t d = a.d;
   __m512 acc[NQ][NV];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int r = 0; r < NQ; ++r) {
     const __m512 al = _mm512_set1_ps(a.alpha[r0 + r]);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_mul_ps(_mm512_loadu_ps(a.o + (r0 + r) * d + c0 + 16 * v), al);
   }
   // The first pass fetches the keys of the task's next chunk, as far ahead as this chunk's.
@@ -297,19 +297,19 @@ MIMO_TARGET_AVX512 void values_avx512(const ChunkArgs& a, int64_t r0, int64_t c0
       }
       const std::byte* row = rows + lane * d * es;
       __m512 x[NV];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int v = 0; v < NV; ++v) x[v] = kv_load16<T>(row + 16 * v * es);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int r = 0; r < NQ; ++r) {
         const __m512 pr = _mm512_set1_ps(p[r * kAttentionChunk + j]);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
         for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(pr, x[v], acc[r][v]);
       }
     }
   }
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int r = 0; r < NQ; ++r) {
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(a.o + (r0 + r) * d + c0 + 16 * v, acc[r][v]);
   }
 }
@@ -408,7 +408,7 @@ MIMO_TARGET_AVX2 inline float hmax256(__m256 v) {
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, v);
   float x = lanes[0];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 1; i < 8; ++i) x = std::max(x, lanes[i]);
   return x;
 }
@@ -438,7 +438,7 @@ MIMO_TARGET_AVX2 void scores_avx2(const ChunkArgs& a, int64_t r0) {
     const std::byte* vp = r0 == 0 ? a.values + b * a.part_bytes : blk;
     const int64_t vstep = r0 == 0 ? kKvBlock * es : 0;
     __m256 lo[NQ], hi[NQ];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int r = 0; r < NQ; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
     for (int64_t c = 0; c < d; ++c) {
       if (c % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(vp + c * vstep), _MM_HINT_T0);
@@ -447,14 +447,14 @@ MIMO_TARGET_AVX2 void scores_avx2(const ChunkArgs& a, int64_t r0) {
       }
       const __m256 x0 = kv_load8<T>(blk + c * kKvBlock * es);
       const __m256 x1 = kv_load8<T>(blk + (c * kKvBlock + 8) * es);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int r = 0; r < NQ; ++r) {
         const __m256 qc = _mm256_broadcast_ss(q + r * d + c);
         lo[r] = _mm256_fmadd_ps(qc, x0, lo[r]);
         hi[r] = _mm256_fmadd_ps(qc, x1, hi[r]);
       }
     }
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int r = 0; r < NQ; ++r) {
       __m256 x0 = lo[r], x1 = hi[r];
       if constexpr (T == KvType::i8) {
@@ -474,10 +474,10 @@ MIMO_TARGET_AVX2 void values_avx2(const ChunkArgs& a, int64_t r0, int64_t c0) {
   constexpr int64_t es = kv_element_bytes(T);
   const int64_t d = a.d;
   __m256 acc[NQ][NV];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int r = 0; r < NQ; ++r) {
     const __m256 al = _mm256_set1_ps(a.alpha[r0 + r]);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_mul_ps(_mm256_loadu_ps(a.o + (r0 + r) * d + c0 + 8 * v), al);
   }
   // The first pass fetches the keys of the task's next chunk, as far ahead as this chunk's.
@@ -492,19 +492,19 @@ MIMO_TARGET_AVX2 void values_avx2(const ChunkArgs& a, int64_t r0, int64_t c0) {
       }
       const std::byte* row = rows + lane * d * es;
       __m256 x[NV];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int v = 0; v < NV; ++v) x[v] = kv_load8<T>(row + 8 * v * es);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int r = 0; r < NQ; ++r) {
         const __m256 pr = _mm256_broadcast_ss(p + r * kAttentionChunk + j);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
         for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(pr, x[v], acc[r][v]);
       }
     }
   }
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int r = 0; r < NQ; ++r) {
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int v = 0; v < NV; ++v) _mm256_storeu_ps(a.o + (r0 + r) * d + c0 + 8 * v, acc[r][v]);
   }
 }

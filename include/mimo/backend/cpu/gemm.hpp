@@ -156,12 +156,12 @@ MIMO_TARGET_AVX512_BF16 inline void gemm_round_rows(const Rows& x, int64_t m0, i
 // The 16 words of column t of 16 rows (a 16 x 16 transpose of 32-bit words).
 MIMO_TARGET_AVX512 inline void transpose16(const __m512i (&r)[16], __m512i (&out)[16]) {
   __m512i t[16], u[16];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 0; i < 8; ++i) {
     t[2 * i] = _mm512_maskz_unpacklo_epi32(0xffff, r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm512_maskz_unpackhi_epi32(0xffff, r[2 * i], r[2 * i + 1]);
   }
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 0; i < 4; ++i) {
     u[4 * i + 0] = _mm512_maskz_unpacklo_epi64(0xff, t[4 * i], t[4 * i + 2]);
     u[4 * i + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[4 * i], t[4 * i + 2]);
@@ -169,7 +169,7 @@ MIMO_TARGET_AVX512 inline void transpose16(const __m512i (&r)[16], __m512i (&out
     u[4 * i + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[4 * i + 1], t[4 * i + 3]);
   }
   // u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3.
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int c = 0; c < 4; ++c) {
     const __m512i x0 = _mm512_maskz_shuffle_i32x4(0xffff, u[c], u[4 + c], 0x44), x1 = _mm512_maskz_shuffle_i32x4(0xffff, u[c], u[4 + c], 0xee);
     const __m512i x2 = _mm512_maskz_shuffle_i32x4(0xffff, u[8 + c], u[12 + c], 0x44),
@@ -186,10 +186,10 @@ MIMO_TARGET_AVX512 inline void transpose_into_panel64(const uint32_t* staging, i
                                                       int64_t col) {
   for (int64_t q = 0; q < words; q += 16) {
     __m512i r[16], out[16];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(staging + i * kGemmKW + q);
     transpose16(r, out);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int t = 0; t < 16; ++t) _mm512_storeu_si512(panel + (q + t) * 64 + col, out[t]);
   }
 }
@@ -201,9 +201,9 @@ inline __mmask16 lanes_mask(int valid) {
 // C[MR x 64] += acc, the first `valid` columns (masked loads only for a partial tile).
 template <int MR>
 MIMO_TARGET_AVX512 inline void add_tile(float* c, int64_t ldc, int valid, const __m512 (&acc)[MR][4]) {
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int j = 0; j < 4; ++j) {
       float* cp = c + i * ldc + 16 * j;
       if (valid >= 64) {
@@ -221,15 +221,15 @@ template <int MR>
 MIMO_TARGET_AVX512 void gemm_kernel_f32_avx512(const float* a, int64_t lda, const float* b, int64_t kc, float* c,
                                                int64_t ldc, int valid) {
   __m512 acc[MR][4];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_load_ps(b + k * 64), b1 = _mm512_load_ps(b + k * 64 + 16);
     const __m512 b2 = _mm512_load_ps(b + k * 64 + 32), b3 = _mm512_load_ps(b + k * 64 + 48);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_set1_ps(a[i * lda + k]);
       acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
@@ -246,15 +246,15 @@ template <int MR>
 MIMO_TARGET_AVX512_BF16 void gemm_kernel_bf16_avx512(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t pairs,
                                                      float* c, int64_t ldc, int valid) {
   __m512 acc[MR][4];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
   }
   for (int64_t p = 0; p < pairs; ++p) {
     const __m512i b0 = _mm512_load_si512(b + p * 64), b1 = _mm512_load_si512(b + p * 64 + 16);
     const __m512i b2 = _mm512_load_si512(b + p * 64 + 32), b3 = _mm512_load_si512(b + p * 64 + 48);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
       acc[i][0] = _mm512_dpbf16_ps(acc[i][0], reinterpret_cast<const __m512bh&>(av), reinterpret_cast<const __m512bh&>(b0));
@@ -271,18 +271,18 @@ template <int MR>
 MIMO_TARGET_AVX2 void gemm_kernel_f32_avx2(const float* a, int64_t lda, const float* b, int64_t kc, float* c,
                                            int64_t ldc, int valid) {
   __m256 acc[MR][2];
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_load_ps(b + k * 16), b1 = _mm256_load_ps(b + k * 16 + 8);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
     for (int i = 0; i < MR; ++i) {
       const __m256 av = _mm256_broadcast_ss(a + i * lda + k);
       acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
     }
   }
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
   for (int i = 0; i < MR; ++i) {
     float* cp = c + i * ldc;
     if (valid >= 16) {
@@ -292,7 +292,7 @@ MIMO_TARGET_AVX2 void gemm_kernel_f32_avx2(const float* a, int64_t lda, const fl
       alignas(32) float t[16];
       _mm256_store_ps(t, acc[i][0]);
       _mm256_store_ps(t + 8, acc[i][1]);
-#pragma GCC unroll 16
+MIMO_UNROLL_TILE
       for (int l = 0; l < valid; ++l) cp[l] += t[l];
     }
   }

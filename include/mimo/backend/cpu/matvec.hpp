@@ -94,13 +94,13 @@ MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, con
   constexpr int64_t esize = static_cast<int64_t>(dtype_size(T));
   const int64_t full = cols / 32 * 32;
   __m512 acc0[N], acc1[N];
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < full; k += 32) {
     _mm_prefetch(reinterpret_cast<const char*>(w0 + k * esize + kPrefetchAhead), _MM_HINT_T0);
     if constexpr (esize > 2) _mm_prefetch(reinterpret_cast<const char*>(w0 + k * esize + kPrefetchAhead + 64), _MM_HINT_T0);
     const __m512 wa = load16(w0 + k * esize, T, 0xffff), wb = load16(w0 + (k + 16) * esize, T, 0xffff);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) {
       acc0[i] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i * ldx + k), acc0[i]);
       acc1[i] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + i * ldx + k + 16), acc1[i]);
@@ -109,7 +109,7 @@ MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, con
   int64_t k = full;
   if (cols - k >= 16) {
     const __m512 wa = load16(w0 + k * esize, T, 0xffff);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) acc0[i] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + i * ldx + k), acc0[i]);
     k += 16;
   }
@@ -117,14 +117,14 @@ MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, con
     const __mmask16 m = static_cast<__mmask16>((1u << (cols - k)) - 1u);
     const __m512 wb = load16(w0 + k * esize, T, m);
     if (k == full) {
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) acc0[i] = _mm512_fmadd_ps(wb, _mm512_maskz_loadu_ps(m, x + i * ldx + k), acc0[i]);
     } else {
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) acc1[i] = _mm512_fmadd_ps(wb, _mm512_maskz_loadu_ps(m, x + i * ldx + k), acc1[i]);
     }
   }
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc0[i], acc1[i]));
 }
 
@@ -137,13 +137,13 @@ MIMO_TARGET_AVX512_BF16 void matvec_row_bf16dot(const std::byte* w0, int64_t col
                                                 float* out) {
   const int64_t full = cols / 64 * 64;
   __m512 acc0[N], acc1[N];
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < full; k += 64) {
     _mm_prefetch(reinterpret_cast<const char*>(w0 + 2 * k + kPrefetchAhead), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(w0 + 2 * k + kPrefetchAhead + 64), _MM_HINT_T0);
     const __m512bh wa = (__m512bh)_mm512_loadu_si512(w0 + 2 * k), wb = (__m512bh)_mm512_loadu_si512(w0 + 2 * k + 64);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) {
       acc0[i] = _mm512_dpbf16_ps(acc0[i], wa, (__m512bh)_mm512_loadu_si512(x + i * ldx + k));
       acc1[i] = _mm512_dpbf16_ps(acc1[i], wb, (__m512bh)_mm512_loadu_si512(x + i * ldx + k + 32));
@@ -153,10 +153,10 @@ MIMO_TARGET_AVX512_BF16 void matvec_row_bf16dot(const std::byte* w0, int64_t col
     const int64_t left = cols - k;
     const __mmask32 m = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1u);
     const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + 2 * k);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) acc0[i] = _mm512_dpbf16_ps(acc0[i], wv, (__m512bh)_mm512_loadu_si512(x + i * ldx + k));
   }
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc0[i], acc1[i]));
 }
 
@@ -168,7 +168,7 @@ MIMO_TARGET_AVX512_BF16 void matvec_chunk_bf16dot(const WeightMatrix& w, const M
   for (int64_t r = r0; r < r1; ++r) {
     float out[N];
     matvec_row_bf16dot<N>(w.data + r * ldw, w.cols, x, a.ldx16, out);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) store_output(a, i0 + i, r, out[i]);
   }
 }
@@ -182,7 +182,7 @@ MIMO_TARGET_AVX512 void matvec_chunk_avx512(const WeightMatrix& w, const MatvecA
   for (int64_t r = r0; r < r1; ++r) {
     float out[N];
     matvec_row_avx512<N, T>(w.data + r * ldw, w.cols, x, a.ldx, out);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) store_output(a, i0 + i, r, out[i]);
   }
 }
@@ -205,14 +205,14 @@ MIMO_TARGET_AVX2 void matvec_chunk_avx2(const WeightMatrix& w, const MatvecArgs&
   for (int64_t r = r0; r < r1; ++r) {
     const std::byte* w0 = w.row(r);
     __m256 acc[N];
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t k = 0; k < full; k += 8) {
       const __m256 wv = load8(w0 + k * esize, T);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * a.ldx + k), acc[i]);
     }
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) {
       float v = hsum256(acc[i]);
       for (int64_t k = full; k < cols; ++k) v += load_float(w0, T, static_cast<uint64_t>(k)) * x[i * a.ldx + k];

@@ -213,7 +213,7 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
     /* the two blocks' weight scales; lanes 0-7 take the first block's product of scales, 8-15 the second's */ \
     const __m128 ws = shift == 0 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + (2 * p - g0)))) \
                                  : _mm_set1_ps(s[((2 * p) >> shift) - g0]);                                    \
-    _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                      \
+    MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
       const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(x.record(i0 + i, p)), codes);            \
       const __m128 xs = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x.scale + (i0 + i) * x.blocks + 2 * p))); \
       const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs)));              \
@@ -233,7 +233,7 @@ MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, cons
   const int64_t groups = x.blocks >> shift;
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512 acc[N];
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
   // Chunks of whole groups, an even number of blocks each (but the last).
   for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
@@ -246,7 +246,7 @@ MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, cons
       MIMO_Q8PAIR_AVX512(true)
     }
   }
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]);
 }
 #undef MIMO_Q8PAIR_AVX512
@@ -273,7 +273,7 @@ MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);                                 \
     /* the four blocks' weight scales; lane l takes block l / 4's product of scales */                         \
     const __m128 ws = quad_scales(s + ((4 * q) >> shift) - g0, shift);                                         \
-    _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                      \
+    MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
       const std::byte* rec = x.record(i0 + i, q);                                                              \
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(rec)), \
                                               hi, _mm512_load_si512(rec + 64));                                \
@@ -293,7 +293,7 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
   const std::byte* row = w.row(r);
   const int64_t groups = x.blocks >> shift;
   __m512 acc[N], offs[N];
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) acc[i] = offs[i] = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
     const int64_t gc = std::min(kChunk, groups - g0);
@@ -311,7 +311,7 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
       row_group_values_f16c(w.row_mins(r), g0, gc, m);
       v = m;
     }
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) {
       const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
       for (int64_t g = 0; g < gc; g += 16) {
@@ -320,7 +320,7 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
       }
     }
   }
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]) + (Min ? 1.0f : -8.0f) * hsum512(offs[i]);
 }
 #undef MIMO_Q4QUAD_AVX512
@@ -332,7 +332,7 @@ MIMO_TARGET_AVX512_VNNI void qchunk_avx512(const WeightMatrix& w, const Quantize
     float out[N];
     if constexpr (Q == QuantType::q8) q8row_avx512<N>(w, r, x, i0, out);
     else q4row_avx512<Min, N>(w, r, x, i0, out);
-#pragma GCC unroll 8
+MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) store(i0 + i, r, out[i]);
   }
 }
@@ -407,17 +407,17 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
     const int shift = group_shift(w);                                                                        \
     for (int64_t r = r0; r < r1; ++r) {                                                                      \
       __m256 acc[N];                                                                                         \
-      _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();                      \
+      MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();                             \
       for (int64_t b = 0; b < x.blocks; ++b) {                                                               \
         const __m256i codes = load_codes32<Q>(w.row(r), b);                                                  \
         const __m256i init = share<Q>(codes);                                                                \
         const float ws = read_f16c(w.row_scales(r), b >> shift);                                             \
-        _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                \
+        MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                       \
           const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, load_activations32<Q>(x, i0 + i, b), init));    \
           acc[i] = _mm256_fmadd_ps(d, _mm256_set1_ps(ws * x.scale[(i0 + i) * x.blocks + b]), acc[i]);        \
         }                                                                                                    \
       }                                                                                                      \
-      _Pragma("GCC unroll 8") for (int i = 0; i < N; ++i) {                                                  \
+      MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                         \
         alignas(32) float l[8];                                                                              \
         _mm256_store_ps(l, acc[i]);                                                                          \
         float v = 0.0f;                                                                                      \
