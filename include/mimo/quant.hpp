@@ -61,6 +61,18 @@ inline std::string quant_min_name(std::string_view weight) { return std::string(
 // Bytes of codes of one row of `cols` weights.
 constexpr int64_t quant_row_bytes(QuantType t, int64_t cols) { return t == QuantType::q4 ? cols / 2 : cols; }
 
+// Bytes of the bf16 scales of a [rows, cols] weight in groups of `group` columns (the minimums,
+// when present, take as many).
+constexpr uint64_t quant_scale_bytes(int64_t rows, int64_t cols, int64_t group) {
+  return static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols / group) * 2;
+}
+
+// Bytes of a [rows, cols] weight quantized to t: codes, scales and (q4 with minimums) minimums.
+constexpr uint64_t quant_tensor_bytes(QuantType t, int64_t rows, int64_t cols, int64_t group, bool with_min) {
+  return static_cast<uint64_t>(rows) * static_cast<uint64_t>(quant_row_bytes(t, cols)) +
+         quant_scale_bytes(rows, cols, group) * (t == QuantType::q4 && with_min ? 2 : 1);
+}
+
 // Whether a [rows, cols] weight can be quantized with groups of `group` columns: a power of two
 // from 32 to 4096 that divides cols.
 constexpr bool quantizable(int64_t cols, int64_t group) {

@@ -116,7 +116,7 @@ inline Expected<std::unique_ptr<QuantizedTensor>> quantize_tensor(const TensorVi
   auto out = std::unique_ptr<QuantizedTensor>(new (std::nothrow) QuantizedTensor);
   if (!out) return Error(Errc::out_of_memory, "quantize: " + t.name());
   const uint64_t code_bytes = static_cast<uint64_t>(rows) * static_cast<uint64_t>(quant_row_bytes(q, cols));
-  const uint64_t scale_bytes = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols / group) * 2;
+  const uint64_t scale_bytes = quant_scale_bytes(rows, cols, group);
   const bool mins = q == QuantType::q4 && with_min;
   if (auto s = out->storage.reserve(code_bytes + scale_bytes * (mins ? 2 : 1) + 64, t.name().c_str()); !s) {
     return std::move(s).error();
@@ -177,9 +177,7 @@ inline std::vector<TensorView*> quantizable_views(ModelTensors& m, QuantizeScope
 // Bytes of a copy of float weight t quantized to q (codes, scales, minimums), as quantize_tensor
 // makes it.
 inline uint64_t quantized_bytes(const TensorView& t, QuantType q, int64_t group, bool with_min) {
-  const uint64_t rows = static_cast<uint64_t>(t.dim(0)), cols = static_cast<uint64_t>(t.dim(1));
-  const uint64_t scales = rows * (cols / static_cast<uint64_t>(group)) * 2;
-  return rows * static_cast<uint64_t>(quant_row_bytes(q, t.dim(1))) + scales * (q == QuantType::q4 && with_min ? 2 : 1);
+  return quant_tensor_bytes(q, t.dim(0), t.dim(1), group, with_min);
 }
 
 // Bytes of the bound weights once Model::load has applied its quantization options (`quantize`
@@ -207,6 +205,7 @@ inline uint64_t planned_weight_bytes(const ModelTensors& bound, const QuantizeOp
   plan(drafter, QuantizeScope::drafter);
   const bool head_quantized =
       m.lm_head.quantized() || std::find(converted.begin(), converted.end(), &m.lm_head) != converted.end();
+  // (a draft head already bound is counted in resident_weight_bytes)
   if (draft_head != QuantType::none && !m.mtp_layers.empty() && !head_quantized && !m.draft_head) {
     bytes += quantized_bytes(m.lm_head, draft_head, quant_group(draft_head, quantize), quantize.with_min);
   }

@@ -48,24 +48,27 @@ struct ModelTensors {
   static Expected<ModelTensors> bind(const Checkpoint& ck);
 };
 
+// Each of a decoder block's tensors that is present, in order.
+template <class Fn>
+void for_each_block_weight(const DecoderBlockTensors& b, Fn&& fn) {
+  for (const TensorView* t : {&b.input_layernorm, &b.q_proj, &b.q_bias, &b.k_proj, &b.k_bias, &b.v_proj, &b.v_bias,
+                              &b.o_proj, &b.post_attention_layernorm, &b.gate_proj, &b.up_proj, &b.down_proj}) {
+    if (*t) fn(*t);
+  }
+}
+
 // Each bound weight once (lm_head only when it is not the tied embedding), then draft_head.
 template <class Fn>
 void for_each_weight(const ModelTensors& m, Fn&& fn) {
-  auto block = [&](const DecoderBlockTensors& b) {
-    for (const TensorView* t : {&b.input_layernorm, &b.q_proj, &b.q_bias, &b.k_proj, &b.k_bias, &b.v_proj, &b.v_bias,
-                                &b.o_proj, &b.post_attention_layernorm, &b.gate_proj, &b.up_proj, &b.down_proj}) {
-      if (*t) fn(*t);
-    }
-  };
   if (m.embed_tokens) fn(m.embed_tokens);
-  for (const auto& b : m.layers) block(b);
+  for (const auto& b : m.layers) for_each_block_weight(b, fn);
   if (m.norm) fn(m.norm);
-  if (m.lm_head && m.lm_head.data != m.embed_tokens.data) fn(m.lm_head);
+  if (m.lm_head && m.lm_head.info != m.embed_tokens.info) fn(m.lm_head);
   for (const auto& l : m.mtp_layers) {
     for (const TensorView* t : {&l.token_layernorm, &l.hidden_layernorm, &l.input_proj, &l.final_layernorm}) {
       if (*t) fn(*t);
     }
-    block(l.block);
+    for_each_block_weight(l.block, fn);
   }
   if (m.draft_head) fn(m.draft_head);
 }
@@ -82,17 +85,10 @@ inline uint64_t resident_weight_bytes(const ModelTensors& m) {
 // when quantized), norms and biases, and one row of the embeddings.
 inline uint64_t decode_weight_bytes(const ModelTensors& m) {
   uint64_t bytes = 0;
-  auto add = [&](const TensorView& t) {
-    if (t) bytes += t.stored_bytes();
-  };
-  for (const auto& b : m.layers) {
-    for (const TensorView* t : {&b.input_layernorm, &b.q_proj, &b.q_bias, &b.k_proj, &b.k_bias, &b.v_proj, &b.v_bias,
-                                &b.o_proj, &b.post_attention_layernorm, &b.gate_proj, &b.up_proj, &b.down_proj}) {
-      add(*t);
-    }
-  }
-  add(m.norm);
-  add(m.lm_head);
+  auto add = [&](const TensorView& t) { bytes += t.stored_bytes(); };
+  for (const auto& b : m.layers) for_each_block_weight(b, add);
+  if (m.norm) add(m.norm);
+  if (m.lm_head) add(m.lm_head);
   if (m.embed_tokens) bytes += m.embed_tokens.nbytes() / static_cast<uint64_t>(m.embed_tokens.dim(0));
   return bytes;
 }

@@ -95,8 +95,7 @@ struct TensorView {
   // Bytes a pass over the weight reads: the data, and the scales and minimums of a quantized one.
   uint64_t stored_bytes() const {
     if (!quantized()) return nbytes();
-    const uint64_t side = static_cast<uint64_t>(rows()) * static_cast<uint64_t>(cols() / group) * 2;
-    return nbytes() + side * (mins ? 2 : 1);
+    return nbytes() + quant_scale_bytes(rows(), cols(), group) * (mins ? 2 : 1);
   }
   // The logical shape of a 2-d weight (for q4, two codes per stored byte).
   int64_t rows() const { return dim(0); }
