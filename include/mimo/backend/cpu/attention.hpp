@@ -209,7 +209,6 @@ MIMO_TARGET_AVX512 inline float hmax512(__m512 v) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, v);
   float x = lanes[0];
-MIMO_UNROLL_TILE
   for (int i = 1; i < 16; ++i) x = std::max(x, lanes[i]);
   return x;
 }
@@ -408,7 +407,6 @@ MIMO_TARGET_AVX2 inline float hmax256(__m256 v) {
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, v);
   float x = lanes[0];
-MIMO_UNROLL_TILE
   for (int i = 1; i < 8; ++i) x = std::max(x, lanes[i]);
   return x;
 }

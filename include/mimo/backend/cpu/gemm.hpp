@@ -292,7 +292,6 @@ MIMO_UNROLL_TILE
       alignas(32) float t[16];
       _mm256_store_ps(t, acc[i][0]);
       _mm256_store_ps(t + 8, acc[i][1]);
-MIMO_UNROLL_TILE
       for (int l = 0; l < valid; ++l) cp[l] += t[l];
     }
   }

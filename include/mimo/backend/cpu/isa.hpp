@@ -7,7 +7,7 @@
 // an ARM NEON level would be one more value with its own target attribute and kernels.
 //
 // Nor does the consumer need -O3: the kernels' loops over register tiles carry
-// `#pragma GCC unroll`, because at -O2 (CMake's RelWithDebInfo) GCC left the tiles' accumulator
+// MIMO_UNROLL_TILE (below), because at -O2 (CMake's RelWithDebInfo) GCC left the tiles' accumulator
 // arrays in memory, and prefill products and attention ran at half speed.
 #pragma once
 
