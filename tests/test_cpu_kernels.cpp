@@ -187,8 +187,8 @@ TEST_CASE("matvec: bf16 dot products (fast decode) against double sums of the ro
     return;
   }
   std::mt19937 rng(7);
-  // Past 4096 columns, two or more vectors take 4 weight rows at a time (rows 37, split at 19:
-  // whole groups of 4 and single rows left over).
+  // Three or more vectors, and two past 4096 columns, take 2 or 4 weight rows at a time (rows 37,
+  // split at 19: whole groups and single rows left over).
   for (int64_t cols : {1, 2, 7, 31, 32, 33, 63, 64, 65, 100, 257, 4127, 4160}) {
     const int64_t rows = 37, ld16 = mimo::cpu::bf16_row_stride(cols);
     const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols));

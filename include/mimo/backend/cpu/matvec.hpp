@@ -52,7 +52,9 @@ inline bool matvec_fast(Isa isa, const WeightMatrix& w) {
 }
 
 // Elements of a row of bf16 activations for `cols` columns: padded to whole 32-column steps.
-constexpr int64_t bf16_row_stride(int64_t cols) { return (cols + 31) / 32 * 32; }
+// One step more than that: rows whose stride is a multiple of 4 KiB (4096 columns) map to the
+// same L1 sets, and 3 to 5 of them beside the weight stream verified a third slower.
+constexpr int64_t bf16_row_stride(int64_t cols) { return (cols + 31) / 32 * 32 + 32; }
 
 // Rows of x rounded to bf16 (nearest even), stride bf16_row_stride(cols), zero-padded.
 inline void round_rows_bf16(const float* x, int64_t ldx, int n, int64_t cols, uint16_t* dst) {
@@ -180,20 +182,22 @@ MIMO_UNROLL_TILE
   }
 }
 
-// One row at a time: a single stream per thread measured fastest. But where the vectors' bf16
-// activations crowd L1 (more than 16 KiB: two vectors of down_proj's 11008 columns take 44 KiB),
-// 4 rows at a time, so that each activation load serves 4 rows. 12 layers of 7B products, 2
-// threads, two vectors against one: down_proj 0.91-0.96x the time with 4 rows at a time, 1.08 with
-// one; the 4096-column products 1.09 with one row, 1.14-1.18 with 4 (so they keep one).
+// Two vectors: one row at a time (a single stream per thread measured fastest), except where their
+// bf16 activations crowd L1 (more than 16 KiB: two vectors of down_proj's 11008 columns take 44
+// KiB): there 4 rows at a time, so that each activation load serves 4 rows. Three or four vectors:
+// 2 rows at a time (their accumulators fill the registers). 12 layers of the 7B products, 2
+// threads, time against one vector: two vectors 1.05-1.10 (down_proj 0.89-0.94, where one row at a
+// time took 1.08); three and four vectors 1.15-1.30, where chunks of two over 16-row blocks
+// took 1.30-1.52.
 template <int N, DType T>
 MIMO_TARGET_AVX512_BF16 void matvec_chunk_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int i0, int64_t r0,
                                                   int64_t r1) {
-  constexpr int R = 4;
+  constexpr int R = N >= 3 ? 2 : 4;
   const int64_t ldw = w.row_bytes();
   const uint16_t* x = a.x16 + i0 * a.ldx16;
   int64_t r = r0;
   if constexpr (N > 1) {
-    if (N * a.ldx16 * 2 > 16 * 1024) {
+    if (N >= 3 || N * w.cols * 2 > 16 * 1024) {
       for (; r + R <= r1; r += R) {
         float out[R][N];
         matvec_rows_bf16dot<R, N>(w.data + r * ldw, ldw, w.cols, x, a.ldx16, out);
@@ -288,10 +292,8 @@ MIMO_UNROLL_TILE
     }                                                                                 \
   }
 MIMO_MATVEC_BLOCKS(matvec_avx512, matvec_chunk_avx512, 8)
-// bf16 dot products take 2 vectors at a time: their activations (8 KiB a row at 4096 columns)
-// for more crowd L1, and the weight stream, short of fill buffers for its own lines, slowed to
-// half (4 vectors on one thread: 2 chunks of 2 streamed 1.4-1.7 times as fast as one of 4).
-MIMO_MATVEC_BLOCKS(matvec_bf16dot, matvec_chunk_bf16dot, 2)
+// bf16 dot products take up to 4 vectors at a time (see matvec_chunk_bf16dot).
+MIMO_MATVEC_BLOCKS(matvec_bf16dot, matvec_chunk_bf16dot, 4)
 MIMO_MATVEC_BLOCKS(matvec_avx2, matvec_chunk_avx2, 8)
 #undef MIMO_MATVEC_BLOCKS
 #undef MIMO_MATVEC_CHUNKS
