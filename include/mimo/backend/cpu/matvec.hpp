@@ -182,17 +182,21 @@ MIMO_UNROLL_TILE
   }
 }
 
-// Two vectors: one row at a time (a single stream per thread measured fastest), except where their
-// bf16 activations crowd L1 (more than 16 KiB: two vectors of down_proj's 11008 columns take 44
-// KiB): there 4 rows at a time, so that each activation load serves 4 rows. Three or four vectors:
-// 2 rows at a time (their accumulators fill the registers). 12 layers of the 7B products, 2
-// threads, time against one vector: two vectors 1.05-1.10 (down_proj 0.89-0.94, where one row at a
-// time took 1.08); three and four vectors 1.15-1.30, where chunks of two over 16-row blocks
-// took 1.30-1.52.
+// How many weight rows a chunk of N vectors takes at a time, measured on the 7B (2 threads, passes
+// of the whole model against a one-token step):
+// - two vectors, one row at a time (a single stream per thread measured fastest), except where
+//   their activations crowd L1 (more than 16 KiB: down_proj's 11008 columns take 44 KiB for two
+//   vectors): there 4 rows, so that each activation load serves 4 rows. Products of 12 layers:
+//   down_proj 0.89-0.94x one vector's time, where one row at a time took 1.08.
+// - three vectors, 4 rows (24 accumulators): 1.11-1.17x a step, where chunks of 2 and 1 over
+//   16-row blocks took 1.24-1.45 and 2 rows at a time 1.75 (not understood: the same 2-row tile
+//   took 1.05-1.27x in a benchmark of the products alone).
+// - four vectors, 2 rows (4 rows would spill the accumulators): 1.31-1.36x, where chunks of 2
+//   over 16-row blocks took 1.28-1.59.
 template <int N, DType T>
 MIMO_TARGET_AVX512_BF16 void matvec_chunk_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int i0, int64_t r0,
                                                   int64_t r1) {
-  constexpr int R = N >= 3 ? 2 : 4;
+  constexpr int R = N == 4 ? 2 : 4;
   const int64_t ldw = w.row_bytes();
   const uint16_t* x = a.x16 + i0 * a.ldx16;
   int64_t r = r0;
