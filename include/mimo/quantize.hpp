@@ -118,7 +118,8 @@ inline Expected<std::unique_ptr<QuantizedTensor>> quantize_tensor(const TensorVi
   const uint64_t code_bytes = static_cast<uint64_t>(rows) * static_cast<uint64_t>(quant_row_bytes(q, cols));
   const uint64_t scale_bytes = quant_scale_bytes(rows, cols, group);
   const bool mins = q == QuantType::q4 && with_min;
-  if (auto s = out->storage.reserve(code_bytes + scale_bytes * (mins ? 2 : 1) + 64, t.name().c_str()); !s) {
+  // + 64: the scales start on the next 64-byte boundary after the codes
+  if (auto s = out->storage.reserve(quant_tensor_bytes(q, rows, cols, group, with_min) + 64, t.name().c_str()); !s) {
     return std::move(s).error();
   }
   std::byte* codes = out->storage.data();
