@@ -53,7 +53,7 @@ inline bool matvec_fast(Isa isa, const WeightMatrix& w) {
 
 // Elements of a row of bf16 activations for `cols` columns: padded to whole 32-column steps.
 // One step more than that: rows whose stride is a multiple of 4 KiB (4096 columns) map to the
-// same L1 sets, and 3 to 5 of them beside the weight stream verified a third slower.
+// same L1 sets, and 3 to 5 of them beside the weight stream verified about a tenth slower.
 constexpr int64_t bf16_row_stride(int64_t cols) { return (cols + 31) / 32 * 32 + 32; }
 
 // Rows of x rounded to bf16 (nearest even), stride bf16_row_stride(cols), zero-padded.
@@ -187,7 +187,7 @@ MIMO_UNROLL_TILE
 // - two vectors, one row at a time (a single stream per thread measured fastest), except where
 //   their activations crowd L1 (more than 16 KiB: down_proj's 11008 columns take 44 KiB for two
 //   vectors): there 4 rows, so that each activation load serves 4 rows. Products of 12 layers:
-//   down_proj 0.89-0.94x one vector's time, where one row at a time took 1.08.
+//   down_proj 0.89-0.96x one vector's time, where one row at a time took 1.08.
 // - three vectors, 4 rows (24 accumulators): 1.11-1.17x a step, where chunks of 2 and 1 over
 //   16-row blocks took 1.24-1.45 and 2 rows at a time 1.75 (not understood: the same 2-row tile
 //   took 1.05-1.27x in a benchmark of the products alone).
