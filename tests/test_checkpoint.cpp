@@ -3,10 +3,14 @@
 // progress and cancellation, memory estimates.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <functional>
 #include <string>
 
+#include <mimo/detail/mapped_file.hpp>
 #include <mimo/mimo.hpp>
 
 #include "support.hpp"
@@ -321,4 +325,63 @@ TEST_CASE("load: progress is reported and can cancel; memory is estimated before
   CHECK(e->total() > e->weights + e->kv_cache);
   CHECK(m->estimate({.context = 1000}).kv_cache == e->kv_cache);
   CHECK_FALSE(mimo::Model<mimo::Cpu>::estimate_memory(dir / "missing").has_value());
+}
+
+TEST_CASE("checkpoint: preload reads stretches cached in small pages back into huge pages") {
+  // 80 MiB of tensor data (past the 64 MiB below which preload leaves a file alone).
+  test::TempDir dir;
+  write_with(dir.path(), test::small_config(),
+             [](std::vector<mimo::io::TensorSpec>& s) { s.push_back({"padding", mimo::DType::bf16, {40 << 20}}); });
+  const std::string file = (dir / "model.safetensors").string();
+  {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    ::fsync(fd);  // dirty pages would stay cached
+    ::close(fd);
+  }
+  // Cache the file in huge pages, then 8 MiB of it in small ones: evicted and read back a page at a
+  // time without read-ahead, as after the kernel evicted part of a cached file.
+  mimo::detail::MappedFile::drop_cached_pages(file);
+  constexpr uint64_t kFrom = 16ull << 20, kTo = 24ull << 20;
+  auto cached_small = [&]() -> mimo::Expected<std::vector<std::pair<uint64_t, uint64_t>>> {
+    auto m = mimo::detail::MappedFile::open(file, true);
+    REQUIRE(m.has_value());
+    const auto* p = reinterpret_cast<const volatile unsigned char*>(m->data());
+    unsigned sink = 0;
+    for (uint64_t off = 0; off < m->size(); off += 4096) sink += p[off];
+    (void)sink;
+    if (m->huge_mapped_bytes() < m->size() / 2) return mimo::Error(Errc::unsupported, "no huge pages for this file");
+    return m->small_page_ranges();
+  };
+  auto fresh = cached_small();
+  if (!fresh) {
+    MESSAGE("skipped: " << fresh.error().describe());
+    return;
+  }
+  CHECK(fresh->empty());
+  mimo::detail::MappedFile::drop_cached_pages(file, kFrom, kTo - kFrom);
+  {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+    std::vector<char> page(4096);
+    uint64_t read = 0;
+    for (uint64_t off = kFrom; off < kTo; off += page.size()) {
+      read += static_cast<uint64_t>(std::max<ssize_t>(0, ::pread(fd, page.data(), page.size(), static_cast<off_t>(off))));
+    }
+    CHECK(read == kTo - kFrom);
+    ::close(fd);
+  }
+  auto fragmented = cached_small();
+  REQUIRE(fragmented.has_value());
+  REQUIRE(fragmented->size() == 1);
+  CHECK((*fragmented)[0] == std::pair<uint64_t, uint64_t>{kFrom, kTo});
+
+  // Preload finds the stretch and reads it again.
+  auto ck = mimo::Checkpoint::open(dir.path(), {}, true);
+  REQUIRE(ck.has_value());
+  REQUIRE(ck->preload(true, [](uint64_t, uint64_t) { return true; }).has_value());
+  auto after = ck->files()[0]->mapping().small_page_ranges();
+  REQUIRE(after.has_value());
+  CHECK(after->empty());
 }

@@ -45,7 +45,8 @@ struct LoadOptions {
   bool preload = true;
   // Back the mapped weights with 2 MiB pages where the OS allows (Linux): decoding streams every
   // weight per token, and 4 KiB mappings cost a TLB miss per page (several times slower decoding
-  // on some virtual machines). With preload, a file cached in small pages is read once more.
+  // on some virtual machines). With preload, a file cached in small pages (on Linux 6.7+, the
+  // parts of it cached in small pages) is read once more.
   bool huge_pages = true;
   io::SafetensorsLimits limits{};
   // Quantize the products while loading (mimo/quantize.hpp): each float weight is read once,

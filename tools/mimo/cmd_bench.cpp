@@ -154,6 +154,17 @@ int cmd_bench(int argc, char** argv) {
                 static_cast<long long>(last_stats.speculative.drafted), static_cast<long long>(last_stats.speculative.accepted),
                 last_stats.speculative.tokens_per_pass());
   }
+  if (load->quantize.type == QuantType::none) {
+    // Stretches of the weights mapped in 4 KiB pages stream slower (a TLB miss per page): after
+    // loading, which reads small-page stretches again where it can, they should be few.
+    uint64_t mapped = 0, huge = 0;
+    for (const auto& f : model->checkpoint().files()) {
+      mapped += f->file_size();
+      huge += f->mapping().huge_mapped_bytes();
+    }
+    std::printf("| weights mapped in huge pages | %.2f of %.2f GB |\n", static_cast<double>(huge) / 1e9,
+                static_cast<double>(mapped) / 1e9);
+  }
   std::printf("| peak resident memory | %.2f GiB |\n", peak_rss_gib());
   std::printf("| logits hash | %016llx |\n", static_cast<unsigned long long>(logits_hash));
   std::printf("| repetitions | %lld (medians) |\n", static_cast<long long>(*repeat));

@@ -111,8 +111,9 @@ class Checkpoint {
 
   // Reads every page of tensor data once, calling progress(bytes done, bytes total) every 64 MiB
   // (return false to cancel). With `huge_pages`, a file whose cached pages turn out to be small
-  // is evicted and read again into huge pages, once per file, while this helps. Must run before
-  // any TensorView is taken: files may be mapped anew.
+  // is evicted and read again into huge pages, once per file, while this helps; where only parts
+  // are small (Linux 6.7+ tells which), only those. Must run before any TensorView is taken: files
+  // may be mapped anew.
   template <class Progress>
   Status preload(bool huge_pages, Progress&& progress);
 
@@ -313,12 +314,18 @@ Status Checkpoint::preload(bool huge_pages, Progress&& progress) {
     // A file cut short since it was opened would fault on its lost pages: refuse it instead.
     if (auto s = file->mapping().size_unchanged(); !s) return s;
     if (auto s = touch(*file, true); !s) return s;
-    if (remap_helps && file->file_size() >= (64ull << 20) &&
-        file->mapping().huge_mapped_bytes() < file->file_size() / 2) {
+    if (!remap_helps || file->file_size() < (64ull << 20)) continue;
+    if (file->mapping().huge_mapped_bytes() < file->file_size() / 2) {
+      // Mostly small pages (read by a process that did not ask for huge ones): read it all again.
       if (auto s = file->remap_huge(); !s) return s;
       if (auto s = touch(*file, false); !s) return s;
       // Where the kernel cannot map this file with huge pages, do not pay the re-read again.
       remap_helps = file->mapping().huge_mapped_bytes() >= file->file_size() / 2;
+    } else if (auto small = file->mapping().small_page_ranges(); small && !small->empty()) {
+      // Mostly huge pages, with stretches read back in small pages after the kernel evicted them:
+      // read again only those. Where the kernel cannot tell which they are, they stay.
+      if (auto s = file->remap_huge(*small); !s) return s;
+      if (auto s = touch(*file, false); !s) return s;
     }
   }
   return ok();

@@ -234,13 +234,15 @@ class SafetensorsFile {
   uint64_t file_size() const { return file_.size(); }
   const mimo::detail::MappedFile& mapping() const { return file_; }
 
-  // Maps the file again after evicting its cached pages, so that they are read back into huge
-  // pages. Pointers into the old mapping become invalid. The file must not have changed size.
-  Status remap_huge() {
+  // Maps the file again after evicting its cached pages (all, or those in `ranges`: offset, end),
+  // so that they are read back into huge pages. Pointers into the old mapping become invalid. The
+  // file must not have changed size.
+  Status remap_huge(std::span<const std::pair<uint64_t, uint64_t>> ranges = {}) {
     const std::string path = file_.path();
     const uint64_t size = file_.size();
-    file_ = mimo::detail::MappedFile();
-    mimo::detail::MappedFile::drop_cached_pages(path);
+    file_ = mimo::detail::MappedFile();  // mapped pages would stay cached
+    if (ranges.empty()) mimo::detail::MappedFile::drop_cached_pages(path);
+    for (const auto& [begin, end] : ranges) mimo::detail::MappedFile::drop_cached_pages(path, begin, end - begin);
     auto mapped = mimo::detail::MappedFile::open(path, true);
     if (!mapped) return std::move(mapped).error();
     if (mapped->size() != size) return Error(Errc::io, path + ": file changed size while loading");

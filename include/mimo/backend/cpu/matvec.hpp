@@ -99,8 +99,8 @@ MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, con
 MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < full; k += 32) {
-    _mm_prefetch(reinterpret_cast<const char*>(w0 + k * esize + kPrefetchAhead), _MM_HINT_T0);
-    if constexpr (esize > 2) _mm_prefetch(reinterpret_cast<const char*>(w0 + k * esize + kPrefetchAhead + 64), _MM_HINT_T0);
+    prefetch_weights(w0 + k * esize + kPrefetchAhead);
+    if constexpr (esize > 2) prefetch_weights(w0 + k * esize + kPrefetchAhead + 64);
     const __m512 wa = load16(w0 + k * esize, T, 0xffff), wb = load16(w0 + (k + 16) * esize, T, 0xffff);
 MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) {
@@ -155,8 +155,8 @@ MIMO_UNROLL_TILE
 MIMO_UNROLL_TILE
     for (int j = 0; j < R; ++j) {
       const std::byte* wj = w0 + j * ldw + 2 * k;
-      _mm_prefetch(reinterpret_cast<const char*>(wj + kPrefetchAhead), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(wj + kPrefetchAhead + 64), _MM_HINT_T0);
+      prefetch_weights(wj + kPrefetchAhead);
+      prefetch_weights(wj + kPrefetchAhead + 64);
       const __m512bh wa = (__m512bh)_mm512_loadu_si512(wj), wb = (__m512bh)_mm512_loadu_si512(wj + 64);
 MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) {

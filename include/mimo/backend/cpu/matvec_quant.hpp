@@ -205,7 +205,7 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
 // and, masked, for an odd last block (a lambda would lose the function's target attribute).
 #define MIMO_Q8PAIR_AVX512(one)                                                                                \
   {                                                                                                            \
-    _mm_prefetch(reinterpret_cast<const char*>(row + p * 64 + kPrefetchAhead), _MM_HINT_T0);                   \
+    prefetch_weights(row + p * 64 + kPrefetchAhead);                                                           \
     const __m512i codes = one ? _mm512_maskz_loadu_epi64(0x0f, row + p * 64) : _mm512_loadu_si512(row + p * 64); \
     /* -128 * (the sum of each lane's 4 codes): the share of the activations' offset */                        \
     const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),                                              \
@@ -266,7 +266,7 @@ MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
 // high nibbles columns 16-31, as the activation records are laid out: two vpdpbusd per quad.
 #define MIMO_Q4QUAD_AVX512(tail)                                                                               \
   {                                                                                                            \
-    _mm_prefetch(reinterpret_cast<const char*>(row + q * 64 + kPrefetchAhead), _MM_HINT_T0);                   \
+    prefetch_weights(row + q * 64 + kPrefetchAhead);                                                           \
     const __m512i packed = tail ? _mm512_maskz_loadu_epi8((1ull << (16 * (tail))) - 1, row + q * 64)           \
                                 : _mm512_loadu_si512(row + q * 64);                                            \
     const __m512i lo = _mm512_and_si512(packed, nibble);                                                       \
