@@ -201,22 +201,23 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
   out[count] = 0.0f;
 }
 
-// q8: one pair of blocks (p) of a row times N vectors. A macro: the body runs in the main loop
+// q8: pair P of blocks of a row times N vectors, added to acc[0..N). A macro: the body runs in the main loop
 // and, masked, for an odd last block (a lambda would lose the function's target attribute).
-#define MIMO_Q8PAIR_AVX512(one)                                                                                \
+#define MIMO_Q8PAIR_AVX512(one, P, acc)                                                                        \
   {                                                                                                            \
-    prefetch_weights(row + p * 64 + kPrefetchAhead);                                                           \
-    const __m512i codes = one ? _mm512_maskz_loadu_epi64(0x0f, row + p * 64) : _mm512_loadu_si512(row + p * 64); \
+    const int64_t pair_ = (P);                                                                                 \
+    prefetch_weights(row + pair_ * 64 + kPrefetchAhead);                                                       \
+    const __m512i codes = one ? _mm512_maskz_loadu_epi64(0x0f, row + pair_ * 64) : _mm512_loadu_si512(row + pair_ * 64); \
     /* -128 * (the sum of each lane's 4 codes): the share of the activations' offset */                        \
     const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),                                              \
                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, codes));         \
     /* the two blocks' weight scales; lanes 0-7 take the first block's product of scales, 8-15 the second's */ \
-    const __m128 ws = shift == 0 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + (2 * p - g0)))) \
-                                 : _mm_set1_ps(s[((2 * p) >> shift) - g0]);                                    \
+    const __m128 ws = shift == 0 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + (2 * pair_ - g0)))) \
+                                 : _mm_set1_ps(s[((2 * pair_) >> shift) - g0]);                                \
     MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
-      const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(x.record(i0 + i, p)), codes);            \
-      const __m128 xs = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x.scale + (i0 + i) * x.blocks + 2 * p))); \
-      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs)));              \
+      const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(x.record(i0 + i, pair_)), codes);        \
+      const __m128 xs = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x.scale + (i0 + i) * x.blocks + 2 * pair_))); \
+      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs))); \
       acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
   }
@@ -232,22 +233,24 @@ MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, cons
   const std::byte* row = w.row(r);
   const int64_t groups = x.blocks >> shift;
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512 acc[N];
+  __m512 acc[N], acc1[N];  // even and odd pairs: two FMA chains
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
+  for (int i = 0; i < N; ++i) acc[i] = acc1[i] = _mm512_setzero_ps();
   // Chunks of whole groups, an even number of blocks each (but the last).
   for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
     const int64_t gc = std::min(kChunk, groups - g0);
     row_group_values_f16c(w.row_scales(r), g0, gc, s);
     const int64_t p0 = (g0 << shift) / 2, p1 = ((g0 + gc) << shift) / 2;  // whole pairs
-    for (int64_t p = p0; p < p1; ++p) MIMO_Q8PAIR_AVX512(false)
-    if ((((g0 + gc) << shift) & 1) != 0) {  // an odd last block (groups of one block)
-      const int64_t p = p1;
-      MIMO_Q8PAIR_AVX512(true)
+    int64_t p = p0;
+    for (; p + 2 <= p1; p += 2) {
+      MIMO_Q8PAIR_AVX512(false, p, acc)
+      MIMO_Q8PAIR_AVX512(false, p + 1, acc1)
     }
+    if (p < p1) MIMO_Q8PAIR_AVX512(false, p, acc)
+    if ((((g0 + gc) << shift) & 1) != 0) MIMO_Q8PAIR_AVX512(true, p1, acc1)  // an odd last block (groups of one block)
   }
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]);
+  for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc[i], acc1[i]));
 }
 #undef MIMO_Q8PAIR_AVX512
 
@@ -261,24 +264,25 @@ MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
   return _mm_set1_ps(*s);
 }
 
-// q4: one quad of blocks (q: 64 bytes of codes) of a row times N vectors; `tail` blocks (1-3) of
-// a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of each block, the
+// q4: quad Q of blocks (64 bytes of codes) of a row times N vectors, added to acc[0..N); `tail`
+// blocks (1-3) of a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of each block, the
 // high nibbles columns 16-31, as the activation records are laid out: two vpdpbusd per quad.
-#define MIMO_Q4QUAD_AVX512(tail)                                                                               \
+#define MIMO_Q4QUAD_AVX512(tail, Q, acc)                                                                       \
   {                                                                                                            \
-    prefetch_weights(row + q * 64 + kPrefetchAhead);                                                           \
-    const __m512i packed = tail ? _mm512_maskz_loadu_epi8((1ull << (16 * (tail))) - 1, row + q * 64)           \
-                                : _mm512_loadu_si512(row + q * 64);                                            \
+    const int64_t quad_ = (Q);                                                                                 \
+    prefetch_weights(row + quad_ * 64 + kPrefetchAhead);                                                       \
+    const __m512i packed = tail ? _mm512_maskz_loadu_epi8((1ull << (16 * (tail))) - 1, row + quad_ * 64)       \
+                                : _mm512_loadu_si512(row + quad_ * 64);                                        \
     const __m512i lo = _mm512_and_si512(packed, nibble);                                                       \
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);                                 \
     /* the four blocks' weight scales; lane l takes block l / 4's product of scales */                         \
-    const __m128 ws = quad_scales(s + ((4 * q) >> shift) - g0, shift);                                         \
+    const __m128 ws = quad_scales(s + ((4 * quad_) >> shift) - g0, shift);                                     \
     MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
-      const std::byte* rec = x.record(i0 + i, q);                                                              \
+      const std::byte* rec = x.record(i0 + i, quad_);                                                          \
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(rec)), \
                                               hi, _mm512_load_si512(rec + 64));                                \
-      const __m128 xs = _mm_loadu_ps(x.scale + (i0 + i) * x.blocks + 4 * q);                                   \
-      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs)));              \
+      const __m128 xs = _mm_loadu_ps(x.scale + (i0 + i) * x.blocks + 4 * quad_);                               \
+      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs))); \
       acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
   }
@@ -292,19 +296,21 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
   const __m512i nibble = _mm512_set1_epi8(15);
   const std::byte* row = w.row(r);
   const int64_t groups = x.blocks >> shift;
-  __m512 acc[N], offs[N];
+  __m512 acc[N], acc1[N], offs[N];  // even and odd quads: two FMA chains
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) acc[i] = offs[i] = _mm512_setzero_ps();
+  for (int i = 0; i < N; ++i) acc[i] = acc1[i] = offs[i] = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
     const int64_t gc = std::min(kChunk, groups - g0);
     row_group_values_f16c(w.row_scales(r), g0, gc, s);
     std::fill(s + gc, s + gc + 16, 0.0f);  // a partial quad's missing blocks: scale 0, not garbage
     const int64_t q0 = (g0 << shift) / 4, q1 = ((g0 + gc) << shift) / 4;  // whole quads
-    for (int64_t q = q0; q < q1; ++q) MIMO_Q4QUAD_AVX512(0)
-    if (const int64_t tail = ((g0 + gc) << shift) & 3; tail != 0) {
-      const int64_t q = q1;
-      MIMO_Q4QUAD_AVX512(tail)
+    int64_t q = q0;
+    for (; q + 2 <= q1; q += 2) {
+      MIMO_Q4QUAD_AVX512(0, q, acc)
+      MIMO_Q4QUAD_AVX512(0, q + 1, acc1)
     }
+    if (q < q1) MIMO_Q4QUAD_AVX512(0, q, acc)
+    if (const int64_t tail = ((g0 + gc) << shift) & 3; tail != 0) MIMO_Q4QUAD_AVX512(tail, q1, acc1)
     // The offset's (or minimums') share: per group, -8 * scale (or min) * the activation sum.
     const float* v = s;
     if constexpr (Min) {
@@ -321,7 +327,7 @@ MIMO_UNROLL_TILE
     }
   }
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) out[i] = hsum512(acc[i]) + (Min ? 1.0f : -8.0f) * hsum512(offs[i]);
+  for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc[i], acc1[i])) + (Min ? 1.0f : -8.0f) * hsum512(offs[i]);
 }
 #undef MIMO_Q4QUAD_AVX512
 
