@@ -151,13 +151,12 @@ class MappedFile {
 #endif
   }
 
-  // Byte ranges of the file, in whole huge pages (2 MiB), whose cached pages are mapped here with
-  // small pages. Under memory pressure the kernel evicts parts of a cached file and reads them back
-  // in small pages; decoding streamed such stretches of the 7B at 35-55 GB/s where huge pages gave
-  // 57-68 (2 threads, one run). Asks the kernel's PAGEMAP_SCAN (Linux 6.7+), which needs no
-  // privileges. An error where it cannot tell: an older kernel, another system, a mapping not
-  // aligned to huge pages, or pages not resident at all (the file does not fit in memory, and
-  // reading it again would only evict another part).
+  // Byte ranges of the file, in whole huge pages (2 MiB), that are not mapped here with huge
+  // pages: cached in small pages, or not resident. Under memory pressure the kernel evicts parts
+  // of a cached file and reads them back in small pages; decoding streamed such stretches of the
+  // 7B at 35-55 GB/s where huge pages gave 57-68 (2 threads, one run). Asks the kernel's
+  // PAGEMAP_SCAN (Linux 6.7+), which needs no privileges. An error where it cannot tell: an older
+  // kernel, another system, or a mapping not aligned to huge pages.
   Expected<std::vector<std::pair<uint64_t, uint64_t>>> small_page_ranges() const {
 #if defined(__linux__)
     constexpr uint64_t kHuge = 2ull << 20;
@@ -171,28 +170,24 @@ class MappedFile {
       uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted, category_mask,
           category_anyof_mask, return_mask;
     };
-    constexpr uint64_t kPresent = 1u << 3, kIsHuge = 1u << 6;
+    constexpr uint64_t kIsHuge = 1u << 6;
     constexpr unsigned long kPagemapScan = _IOWR('f', 16, ScanArg);
     const int pagemap = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (pagemap < 0) return Error(Errc::unsupported, "/proc/self/pagemap: cannot open");
-    // Pages that are not huge, reported with whether they are present. The last partial huge
-    // page of the file cannot be huge and is left out.
+    // Pages that are not huge. The last partial huge page of the file cannot be huge and is left
+    // out.
     const uint64_t end = base + size_ / kHuge * kHuge;
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
     Region found[256];
     for (uint64_t at = base; at < end;) {
       ScanArg arg{sizeof(ScanArg), 0, at, end, 0, reinterpret_cast<uintptr_t>(found), 256, 0,
-                  kIsHuge, kIsHuge, 0, kIsHuge | kPresent};
+                  kIsHuge, kIsHuge, 0, kIsHuge};
       const long n = ::ioctl(pagemap, kPagemapScan, &arg);
       if (n < 0) {
         ::close(pagemap);
         return Error(Errc::unsupported, "/proc/self/pagemap: no PAGEMAP_SCAN (Linux 6.7+)");
       }
       for (long i = 0; i < n; ++i) {
-        if (!(found[i].categories & kPresent)) {
-          ::close(pagemap);
-          return Error(Errc::unsupported, path_ + ": not all pages are resident");
-        }
         const uint64_t lo = (found[i].start - base) / kHuge * kHuge, hi = (found[i].end - base + kHuge - 1) / kHuge * kHuge;
         if (!ranges.empty() && ranges.back().second >= lo) {
           ranges.back().second = std::max(ranges.back().second, hi);

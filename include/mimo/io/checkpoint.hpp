@@ -322,10 +322,11 @@ Status Checkpoint::preload(bool huge_pages, Progress&& progress) {
       // Where the kernel cannot map this file with huge pages, do not pay the re-read again.
       remap_helps = file->mapping().huge_mapped_bytes() >= file->file_size() / 2;
     } else if (auto small = file->mapping().small_page_ranges(); small && !small->empty()) {
-      // Mostly huge pages, with stretches read back in small pages after the kernel evicted them:
-      // read again only those. Where the kernel cannot tell which they are, they stay.
+      // Mostly huge pages, with stretches read back in small pages after the kernel evicted them
+      // (or evicted since the pass above): read again only those. Where the kernel cannot tell
+      // which they are, they stay.
       if (auto s = file->remap_huge(*small); !s) return s;
-      if (auto s = touch(*file, false); !s) return s;
+      if (auto s = touch(*file, false); !s) return s;  // reads those, maps the rest from the cache
     }
   }
   return ok();
