@@ -316,7 +316,7 @@ Status Checkpoint::preload(bool huge_pages, Progress&& progress) {
     if (auto s = touch(*file, true); !s) return s;
     if (!remap_helps || file->file_size() < (64ull << 20)) continue;
     if (file->mapping().huge_mapped_bytes() < file->file_size() / 2) {
-      // Mostly small pages (read by a process that did not ask for huge ones): read it all again.
+      // Mostly small pages: read it all again.
       if (auto s = file->remap_huge(); !s) return s;
       if (auto s = touch(*file, false); !s) return s;
       // Where the kernel cannot map this file with huge pages, do not pay the re-read again.

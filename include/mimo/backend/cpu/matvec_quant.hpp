@@ -201,8 +201,9 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
   out[count] = 0.0f;
 }
 
-// q8: pair P of blocks of a row times N vectors, added to acc[0..N). A macro: the body runs in the main loop
-// and, masked, for an odd last block (a lambda would lose the function's target attribute).
+// q8: pair P of blocks of a row times N vectors, added to acc[0..N). A macro: the body runs in
+// the main loop and, masked, for an odd last block (a lambda would lose the function's target
+// attribute).
 #define MIMO_Q8PAIR_AVX512(one, P, acc)                                                                        \
   {                                                                                                            \
     const int64_t pair_ = (P);                                                                                 \
@@ -265,8 +266,9 @@ MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
 }
 
 // q4: quad Q of blocks (64 bytes of codes) of a row times N vectors, added to acc[0..N); `tail`
-// blocks (1-3) of a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of each block, the
-// high nibbles columns 16-31, as the activation records are laid out: two vpdpbusd per quad.
+// blocks (1-3) of a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of
+// each block, the high nibbles columns 16-31, as the activation records are laid out: two
+// vpdpbusd per quad.
 #define MIMO_Q4QUAD_AVX512(tail, Q, acc)                                                                       \
   {                                                                                                            \
     const int64_t quad_ = (Q);                                                                                 \
