@@ -7,8 +7,10 @@
 //     128 as unsigned bytes, by the signed codes; the offset's share, 128 times the sum of each
 //     lane's codes, starts the integer accumulator negated;
 //   q4: vpdpbusd (or vpmaddubsw + vpmaddwd) multiplies the codes c in [0, 15] as unsigned bytes
-//     by the signed activations, with no offset; the code's offset (symmetric: -8) or the
-//     group's minimum meets the group's activation sum once per group, in fp32;
+//     by the signed activations; the symmetric codes' offset, -8 times the block's sum of
+//     activations, starts the block's integer accumulator (exact, and no per-group pass that
+//     cost a fifth of the kernel's time); a group's minimum meets the group's activation sum
+//     once per group, in fp32;
 //   q8 on AVX2 without VNNI: vpmaddubsw + vpmaddwd with the codes' signs moved onto the
 //     activations, so no pair of products overflows 16 bits;
 //   scalar: the same integers, for other machines and as the tests' reference.
@@ -44,8 +46,9 @@ namespace mimo::cpu {
 // The scales stay apart and compact so that a row of down_proj's 11008 columns (11 KiB of codes)
 // stays in L1 beside the weight stream; spread over the lanes, they doubled that, and the
 // activations were read from L2 at a third less speed.
-// A partial last record is zero past the last block. q4 also keeps each row's sums of scale *
-// (the quantized activations) per weight group, for the codes' offset or minimums.
+// A partial last record is zero past the last block. q4 also keeps, per block, -8 times the sum
+// of its codes (the share of the symmetric codes' offset), and per weight group the sum of scale
+// * (the codes), for the minimums.
 struct QuantizedRows {
   static constexpr int64_t kRecord8 = 64, kRecord4 = 128;
   QuantType format = QuantType::none;  // the weights these rows were prepared for
@@ -55,6 +58,7 @@ struct QuantizedRows {
   std::byte* records = nullptr;  // [n][records_per_row]
   float* scale = nullptr;        // [n][blocks] activation scales, and 4 floats of zeros after them
   float* group_sum = nullptr;    // q4: [n][groups] sum over the group's blocks of scale * (sum of codes)
+  int32_t* offset_dot = nullptr; // q4: [n][blocks] -8 * (sum of codes), and 4 zeros after them
 
   int64_t record_bytes() const { return format == QuantType::q4 ? kRecord4 : kRecord8; }
   int64_t blocks_per_record() const { return format == QuantType::q4 ? 4 : 2; }
@@ -76,7 +80,7 @@ struct QuantizedRows {
   static uint64_t bytes_for(int rows, int64_t max_cols) {
     const uint64_t blocks = static_cast<uint64_t>(max_cols + 31) / 32;
     const uint64_t record_bytes = std::max((blocks + 1) / 2 * kRecord8, (blocks + 3) / 4 * kRecord4);
-    return static_cast<uint64_t>(rows) * (record_bytes + blocks * 8) + 16 + 64;
+    return static_cast<uint64_t>(rows) * (record_bytes + blocks * 12) + 32 + 64;
   }
   // Points the arrays into `storage` (bytes_for(rows, max_cols) bytes, 64-byte aligned).
   void bind(std::byte* storage, int rows, int64_t max_cols) {
@@ -85,6 +89,7 @@ struct QuantizedRows {
     records = storage;
     scale = reinterpret_cast<float*>(storage + rows * record_bytes);
     group_sum = scale + rows * b + 4;
+    offset_dot = reinterpret_cast<int32_t*>(group_sum + rows * b);
     n = 0;
   }
 };
@@ -105,6 +110,7 @@ inline void prepare_rows(const float* x, int64_t ldx, int n, int64_t cols, const
   out.groups = q4 ? (blocks + blocks_per_group - 1) / blocks_per_group : 0;
   // Kernels load a record's 2 or 4 scales at once: the last row's may run past its end.
   std::fill(out.scale + n * blocks, out.scale + n * blocks + 4, 0.0f);
+  std::fill(out.offset_dot + n * blocks, out.offset_dot + n * blocks + 4, 0);
   for (int i = 0; i < n; ++i) {
     const float* xi = x + i * ldx;
     if (blocks % per) std::memset(out.records + (i * out.records_per_row + out.records_per_row - 1) * rb, 0, rb);
@@ -126,7 +132,10 @@ inline void prepare_rows(const float* x, int64_t ldx, int n, int64_t cols, const
         }
         total += v;
       }
-      if (q4) out.group_sum[i * out.groups + b / blocks_per_group] += s * static_cast<float>(total);
+      if (q4) {
+        out.group_sum[i * out.groups + b / blocks_per_group] += s * static_cast<float>(total);
+        out.offset_dot[i * blocks + b] = -8 * total;
+      }
       out.scale[i * blocks + b] = s;
     }
   }
@@ -143,7 +152,7 @@ inline int group_shift(const WeightMatrix& w) {
 }
 
 // Exact integer dot product of block b of a row's codes with the activations of row i: the signed
-// codes for q8; for q4 the codes c in [0, 15] as they are (offset and minimums come after).
+// codes for q8; for q4 the codes c in [0, 15] as they are (the offset or minimums come apart).
 inline int32_t block_dot_scalar(const WeightMatrix& w, int64_t r, int64_t b, const QuantizedRows& x, int i) {
   int32_t acc = 0;
   if (w.quant == QuantType::q8) {
@@ -158,15 +167,17 @@ inline int32_t block_dot_scalar(const WeightMatrix& w, int64_t r, int64_t b, con
   return acc;
 }
 
-// q4: the share of the codes' offset (-8, symmetric) or of the minimums in output (row r, vector
-// i): the sum over groups of offset * scale (or min) * the group's activation sum.
-inline float q4_offset_scalar(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i) {
+// q4 with minimums: their share in output (row r, vector i), the sum over groups of min * the
+// group's activation sum.
+inline float q4_min_share_scalar(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i) {
   float acc = 0.0f;
-  for (int64_t g = 0; g < x.groups; ++g) {
-    const float v = w.mins ? read_f16(w.row_mins(r), g) : read_f16(w.row_scales(r), g);
-    acc += v * x.group_sum[i * x.groups + g];
-  }
-  return w.mins ? acc : -8.0f * acc;
+  for (int64_t g = 0; g < x.groups; ++g) acc += read_f16(w.row_mins(r), g) * x.group_sum[i * x.groups + g];
+  return acc;
+}
+
+// The integer accumulator's start for block b of vector i: symmetric q4, the codes' offset share.
+inline int32_t block_dot_start(const WeightMatrix& w, const QuantizedRows& x, int i, int64_t b) {
+  return w.quant == QuantType::q4 && !w.mins ? x.offset_dot[i * x.blocks + b] : 0;
 }
 
 template <class Store>
@@ -177,9 +188,10 @@ void matvec_quantized_scalar(const WeightMatrix& w, const QuantizedRows& x, int6
       float acc = 0.0f;
       for (int64_t b = 0; b < x.blocks; ++b) {
         const float s = read_f16(w.row_scales(r), b >> shift);
-        acc += s * x.scale[i * x.blocks + b] * static_cast<float>(block_dot_scalar(w, r, b, x, i));
+        const int32_t dot = block_dot_start(w, x, i, b) + block_dot_scalar(w, r, b, x, i);
+        acc += s * x.scale[i * x.blocks + b] * static_cast<float>(dot);
       }
-      store(i, r, w.quant == QuantType::q4 ? acc + q4_offset_scalar(w, r, x, i) : acc);
+      store(i, r, w.mins ? acc + q4_min_share_scalar(w, r, x, i) : acc);
     }
   }
 }
@@ -201,6 +213,41 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
   out[count] = 0.0f;
 }
 
+// Weight scales of a row for blocks [b0, b0 + count) of 32 columns (whole groups of 2^shift
+// blocks), one per block so that the kernels load them alike for every group size: out has room
+// for count rounded up to 16, and out[count] is 0. Groups of several blocks are widened into
+// `groups` (room for count / 2 rounded up to 8, plus 1), which then holds one value per group.
+MIMO_TARGET_AVX512 inline void row_block_scales(const std::byte* per_row, int64_t b0, int64_t count, int shift,
+                                                float* groups, float* out) {
+  if (shift == 0) return row_group_values_f16c(per_row, b0, count, out);
+  const int64_t gc = count >> shift;
+  row_group_values_f16c(per_row, b0 >> shift, gc, groups);
+  // (The masked forms: GCC 12 warns that the plain ones read an "undefined" vector.)
+  const __m512i group_of_lane = _mm512_maskz_srli_epi32(
+      0xffff, _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), static_cast<unsigned>(shift));
+  for (int64_t b = 0; b < count; b += 16) {
+    const int64_t g = b >> shift, left = gc - g;
+    const __mmask16 lanes = left >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 values = _mm512_maskz_loadu_ps(lanes, groups + g);
+    _mm512_storeu_ps(out + b, _mm512_maskz_permutexvar_ps(0xffff, group_of_lane, values));
+  }
+  out[count] = 0.0f;
+}
+
+// Blocks of a row whose weight scales are widened at once (a multiple of every group's blocks).
+inline constexpr int64_t kScaleChunk = 1024;
+
+// Where vectors [i0, i0 + N) of x start: their first record and their first block's scale. The
+// kernels step from these: indexing x in the loop (x.record(i, k)) cost about ten scalar
+// instructions per 64 bytes of weights.
+#define MIMO_VECTOR_STARTS(x, i0, N)                                                                   \
+  const std::byte* rec[N];                                                                             \
+  const float* xsc[N];                                                                                 \
+  MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                       \
+    rec[i] = (x).record((i0) + i, 0);                                                                  \
+    xsc[i] = (x).scale + ((i0) + i) * (x).blocks;                                                      \
+  }
+
 // q8: pair P of blocks of a row times N vectors, added to acc[0..N). A macro: the body runs in
 // the main loop and, masked, for an odd last block (a lambda would lose the function's target
 // attribute).
@@ -213,11 +260,10 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
     const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),                                              \
                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, codes));         \
     /* the two blocks' weight scales; lanes 0-7 take the first block's product of scales, 8-15 the second's */ \
-    const __m128 ws = shift == 0 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + (2 * pair_ - g0)))) \
-                                 : _mm_set1_ps(s[((2 * pair_) >> shift) - g0]);                                \
+    const __m128 ws = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + (2 * pair_ - b0))));      \
     MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
-      const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(x.record(i0 + i, pair_)), codes);        \
-      const __m128 xs = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x.scale + (i0 + i) * x.blocks + 2 * pair_))); \
+      const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(rec[i] + pair_ * 64), codes);            \
+      const __m128 xs = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(xsc[i] + 2 * pair_)));      \
       const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs))); \
       acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
@@ -227,48 +273,36 @@ MIMO_TARGET_AVX2 inline void row_group_values_f16c(const std::byte* per_row, int
 // rows 8 KiB apart measured a third slower); the N vectors give N independent FMA chains.
 template <int N>
 MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i0, float* out) {
-  constexpr int64_t kChunk = 1024;  // groups whose scales are widened at once
-  alignas(64) float s[kChunk + 8];
+  alignas(64) float s[kScaleChunk + 16], groups[kScaleChunk / 2 + 16];  // groups: with 2 blocks or more
   const int shift = group_shift(w);
   const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const std::byte* row = w.row(r);
-  const int64_t groups = x.blocks >> shift;
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  MIMO_VECTOR_STARTS(x, i0, N)
   __m512 acc[N], acc1[N];  // even and odd pairs: two FMA chains
 MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) acc[i] = acc1[i] = _mm512_setzero_ps();
-  // Chunks of whole groups, an even number of blocks each (but the last).
-  for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
-    const int64_t gc = std::min(kChunk, groups - g0);
-    row_group_values_f16c(w.row_scales(r), g0, gc, s);
-    const int64_t p0 = (g0 << shift) / 2, p1 = ((g0 + gc) << shift) / 2;  // whole pairs
+  for (int64_t b0 = 0; b0 < x.blocks; b0 += kScaleChunk) {
+    const int64_t bc = std::min(kScaleChunk, x.blocks - b0);
+    row_block_scales(w.row_scales(r), b0, bc, shift, groups, s);
+    const int64_t p0 = b0 / 2, p1 = (b0 + bc) / 2;  // whole pairs
     int64_t p = p0;
     for (; p + 2 <= p1; p += 2) {
       MIMO_Q8PAIR_AVX512(false, p, acc)
       MIMO_Q8PAIR_AVX512(false, p + 1, acc1)
     }
     if (p < p1) MIMO_Q8PAIR_AVX512(false, p, acc)
-    if ((((g0 + gc) << shift) & 1) != 0) MIMO_Q8PAIR_AVX512(true, p1, acc1)  // an odd last block (groups of one block)
+    if (((b0 + bc) & 1) != 0) MIMO_Q8PAIR_AVX512(true, p1, acc1)  // an odd last block (groups of one block)
   }
 MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc[i], acc1[i]));
 }
 #undef MIMO_Q8PAIR_AVX512
 
-// q4: the weight scales of a quad's four blocks, from s (its first group's widened scale on).
-MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
-  if (shift == 0) return _mm_loadu_ps(s);
-  if (shift == 1) {
-    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)));
-    return _mm_unpacklo_ps(two, two);
-  }
-  return _mm_set1_ps(*s);
-}
-
 // q4: quad Q of blocks (64 bytes of codes) of a row times N vectors, added to acc[0..N); `tail`
 // blocks (1-3) of a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of
 // each block, the high nibbles columns 16-31, as the activation records are laid out: two
-// vpdpbusd per quad.
+// vpdpbusd per quad, from the blocks' offset shares in lanes 0, 4, 8 and 12 (symmetric codes).
 #define MIMO_Q4QUAD_AVX512(tail, Q, acc)                                                                       \
   {                                                                                                            \
     const int64_t quad_ = (Q);                                                                                 \
@@ -278,12 +312,15 @@ MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
     const __m512i lo = _mm512_and_si512(packed, nibble);                                                       \
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);                                 \
     /* the four blocks' weight scales; lane l takes block l / 4's product of scales */                         \
-    const __m128 ws = quad_scales(s + ((4 * quad_) >> shift) - g0, shift);                                     \
+    const __m128 ws = _mm_loadu_ps(s + (4 * quad_ - b0));                                                      \
     MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
-      const std::byte* rec = x.record(i0 + i, quad_);                                                          \
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(rec)), \
-                                              hi, _mm512_load_si512(rec + 64));                                \
-      const __m128 xs = _mm_loadu_ps(x.scale + (i0 + i) * x.blocks + 4 * quad_);                               \
+      const std::byte* rq = rec[i] + quad_ * 128;                                                              \
+      const __m512i start = Min ? _mm512_setzero_si512()                                                       \
+                                : _mm512_maskz_permutexvar_epi32(0x1111, pick, _mm512_zextsi128_si512(        \
+                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(xoff[i] + 4 * quad_)))); \
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, lo, _mm512_load_si512(rq)), hi,       \
+                                              _mm512_load_si512(rq + 64));                                     \
+      const __m128 xs = _mm_loadu_ps(xsc[i] + 4 * quad_);                                                      \
       const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs))); \
       acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
@@ -291,47 +328,50 @@ MIMO_TARGET_AVX512_VNNI inline __m128 quad_scales(const float* s, int shift) {
 
 template <bool Min, int N>
 MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i0, float* out) {
-  constexpr int64_t kChunk = 1024;  // groups whose scales are widened at once (whole quads)
-  alignas(64) float s[kChunk + 16], m[Min ? kChunk + 16 : 1];
+  // s: per block (whole quads); groups: per group, the scales (then the minimums).
+  alignas(64) float s[kScaleChunk + 16], groups[kScaleChunk + 16];
   const int shift = group_shift(w);
   const __m512i pick = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);  // lane l: block l / 4
   const __m512i nibble = _mm512_set1_epi8(15);
   const std::byte* row = w.row(r);
-  const int64_t groups = x.blocks >> shift;
-  __m512 acc[N], acc1[N], offs[N];  // even and odd quads: two FMA chains
+  MIMO_VECTOR_STARTS(x, i0, N)
+  const int32_t* xoff[N];
+  __m512 acc[N], acc1[N], min_share[N];  // even and odd quads: two FMA chains
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) acc[i] = acc1[i] = offs[i] = _mm512_setzero_ps();
-  for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
-    const int64_t gc = std::min(kChunk, groups - g0);
-    row_group_values_f16c(w.row_scales(r), g0, gc, s);
-    std::fill(s + gc, s + gc + 16, 0.0f);  // a partial quad's missing blocks: scale 0, not garbage
-    const int64_t q0 = (g0 << shift) / 4, q1 = ((g0 + gc) << shift) / 4;  // whole quads
+  for (int i = 0; i < N; ++i) {
+    xoff[i] = x.offset_dot + (i0 + i) * x.blocks;
+    acc[i] = acc1[i] = min_share[i] = _mm512_setzero_ps();
+  }
+  for (int64_t b0 = 0; b0 < x.blocks; b0 += kScaleChunk) {
+    const int64_t bc = std::min(kScaleChunk, x.blocks - b0), g0 = b0 >> shift, gc = bc >> shift;
+    row_block_scales(w.row_scales(r), b0, bc, shift, groups, s);
+    std::fill(s + bc, s + bc + 16, 0.0f);  // a partial quad's missing blocks: scale 0, not garbage
+    const int64_t q0 = b0 / 4, q1 = (b0 + bc) / 4;  // whole quads
     int64_t q = q0;
     for (; q + 2 <= q1; q += 2) {
       MIMO_Q4QUAD_AVX512(0, q, acc)
       MIMO_Q4QUAD_AVX512(0, q + 1, acc1)
     }
     if (q < q1) MIMO_Q4QUAD_AVX512(0, q, acc)
-    if (const int64_t tail = ((g0 + gc) << shift) & 3; tail != 0) MIMO_Q4QUAD_AVX512(tail, q1, acc1)
-    // The offset's (or minimums') share: per group, -8 * scale (or min) * the activation sum.
-    const float* v = s;
-    if constexpr (Min) {
-      row_group_values_f16c(w.row_mins(r), g0, gc, m);
-      v = m;
-    }
+    if (const int64_t tail = (b0 + bc) & 3; tail != 0) MIMO_Q4QUAD_AVX512(tail, q1, acc1)
+    if constexpr (Min) {  // the minimums' share: per group, min * the activation sum
+      row_group_values_f16c(w.row_mins(r), g0, gc, groups);
 MIMO_UNROLL_TILE
-    for (int i = 0; i < N; ++i) {
-      const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
-      for (int64_t g = 0; g < gc; g += 16) {
-        const __mmask16 lanes = gc - g >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (gc - g)) - 1u);
-        offs[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, v + g), _mm512_maskz_loadu_ps(lanes, sums + g), offs[i]);
+      for (int i = 0; i < N; ++i) {
+        const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
+        for (int64_t g = 0; g < gc; g += 16) {
+          const __mmask16 lanes = gc - g >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (gc - g)) - 1u);
+          const __m512 mins = _mm512_maskz_loadu_ps(lanes, groups + g);
+          min_share[i] = _mm512_fmadd_ps(mins, _mm512_maskz_loadu_ps(lanes, sums + g), min_share[i]);
+        }
       }
     }
   }
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc[i], acc1[i])) + (Min ? 1.0f : -8.0f) * hsum512(offs[i]);
+  for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc[i], acc1[i])) + (Min ? hsum512(min_share[i]) : 0.0f);
 }
 #undef MIMO_Q4QUAD_AVX512
+#undef MIMO_VECTOR_STARTS
 
 template <QuantType Q, bool Min, int N, class Store>
 MIMO_TARGET_AVX512_VNNI void qchunk_avx512(const WeightMatrix& w, const QuantizedRows& x, int i0, int64_t r0, int64_t r1,
@@ -410,9 +450,10 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
 // One row at a time (16 registers), vectors [i0, i0 + N). Stamped out for AVX2 and AVX-VNNI
 // (a function's target attribute cannot depend on a template argument).
 #define MIMO_QCHUNK_AVX2(name, target, dot, share)                                                            \
-  template <QuantType Q, int N, class Store>  /* q4 minimums enter through q4_offset_scalar */              \
+  template <QuantType Q, int N, class Store>  /* q4 minimums enter through q4_min_share_scalar */          \
   target void name(const WeightMatrix& w, const QuantizedRows& x, int i0, int64_t r0, int64_t r1, Store& store) { \
     const int shift = group_shift(w);                                                                        \
+    const bool symmetric_q4 = Q == QuantType::q4 && !w.mins;                                                 \
     for (int64_t r = r0; r < r1; ++r) {                                                                      \
       __m256 acc[N];                                                                                         \
       MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();                             \
@@ -421,7 +462,10 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
         const __m256i init = share<Q>(codes);                                                                \
         const float ws = read_f16c(w.row_scales(r), b >> shift);                                             \
         MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                       \
-          const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, load_activations32<Q>(x, i0 + i, b), init));    \
+          const int32_t off = symmetric_q4 ? x.offset_dot[(i0 + i) * x.blocks + b] : 0;                     \
+          /* symmetric q4: the block's offset share in lane 0 */                                             \
+          const __m256i start = symmetric_q4 ? _mm256_setr_epi32(off, 0, 0, 0, 0, 0, 0, 0) : init;         \
+          const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, load_activations32<Q>(x, i0 + i, b), start));   \
           acc[i] = _mm256_fmadd_ps(d, _mm256_set1_ps(ws * x.scale[(i0 + i) * x.blocks + b]), acc[i]);        \
         }                                                                                                    \
       }                                                                                                      \
@@ -430,7 +474,7 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
         _mm256_store_ps(l, acc[i]);                                                                          \
         float v = 0.0f;                                                                                      \
         for (float e : l) v += e;                                                                            \
-        store(i0 + i, r, Q == QuantType::q4 ? v + q4_offset_scalar(w, r, x, i0 + i) : v);                    \
+        store(i0 + i, r, Q == QuantType::q4 && w.mins ? v + q4_min_share_scalar(w, r, x, i0 + i) : v);      \
       }                                                                                                      \
     }                                                                                                        \
   }
