@@ -194,10 +194,6 @@ MIMO_UNROLL_TILE
   }
 }
 
-inline __mmask16 lanes_mask(int valid) {
-  return valid >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>(valid <= 0 ? 0u : (1u << valid) - 1u);
-}
-
 // C[MR x 64] += acc, the first `valid` columns (masked loads only for a partial tile).
 template <int MR>
 MIMO_TARGET_AVX512 inline void add_tile(float* c, int64_t ldc, int valid, const __m512 (&acc)[MR][4]) {

@@ -126,6 +126,11 @@ inline Isa detect_isa() {
 #if MIMO_X86
 namespace detail {
 
+// The first `valid` of 16 lanes (all of them from 16 on, none from 0 down).
+inline __mmask16 lanes_mask(int valid) {
+  return valid >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>(valid <= 0 ? 0u : (1u << valid) - 1u);
+}
+
 // The sum of a vector's lanes in a fixed order: halves, then quarters, pairs and the last two,
 // a chain of four adds where lane after lane took sixteen (the kernels call this once per output
 // row, and the chain showed in rows of 4096 columns). The masked extracts: GCC 12 warns that the

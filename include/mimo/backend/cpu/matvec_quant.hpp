@@ -226,9 +226,8 @@ MIMO_TARGET_AVX512 inline void row_block_scales(const std::byte* per_row, int64_
   const __m512i group_of_lane = _mm512_maskz_srli_epi32(
       0xffff, _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), static_cast<unsigned>(shift));
   for (int64_t b = 0; b < count; b += 16) {
-    const int64_t g = b >> shift, left = gc - g;
-    const __mmask16 lanes = left >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << left) - 1u);
-    const __m512 values = _mm512_maskz_loadu_ps(lanes, groups + g);
+    const int64_t g = b >> shift;
+    const __m512 values = _mm512_maskz_loadu_ps(lanes_mask(static_cast<int>(gc - g)), groups + g);
     _mm512_storeu_ps(out + b, _mm512_maskz_permutexvar_ps(0xffff, group_of_lane, values));
   }
   out[count] = 0.0f;
@@ -360,7 +359,7 @@ MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) {
         const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
         for (int64_t g = 0; g < gc; g += 16) {
-          const __mmask16 lanes = gc - g >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (gc - g)) - 1u);
+          const __mmask16 lanes = lanes_mask(static_cast<int>(gc - g));
           const __m512 mins = _mm512_maskz_loadu_ps(lanes, groups + g);
           min_share[i] = _mm512_fmadd_ps(mins, _mm512_maskz_loadu_ps(lanes, sums + g), min_share[i]);
         }
