@@ -2,7 +2,7 @@
 // (`mimo synth --preset 7b`).
 //
 //   bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4]
-//                     [--draft-layers q8|q4]
+//                     [--draft-layers q8|q4] [--draft-vocab N]
 //
 // steps     the time of one decoding step (one token through the main model) at a context of
 //           `prompt` tokens; the time of one verification pass over 2..5 tokens relative to it
@@ -11,7 +11,8 @@
 //           `reps` timings, the verification passes interleaved with decoding steps (ratios of
 //           neighbours); each pass is rolled back afterwards, so every one sees the same context.
 //           --draft-head: the MTP step's logits through a quantized copy of lm_head; --draft-layers:
-//           the MTP layers quantized while loading (LoadOptions).
+//           the MTP layers quantized while loading; --draft-vocab: drafts from the first N token
+//           ids only (LoadOptions).
 // replay    end-to-end greedy decoding of `gen` tokens: plain, then with a ReplayDrafter that
 //           proposes the plain run's own continuation, right with probability 100%, 90% and 70%,
 //           at depths 1 to 3 (random weights accept almost nothing from the real MTP layer, so
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") prompt_n = std::atoi(argv[i + 1]);
     else if (a == "--gen") gen_n = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (a == "--draft-vocab") load.draft_vocab = std::atoll(argv[i + 1]);
     else if (a == "--draft-head" || a == "--draft-layers") {
       const std::string q = argv[i + 1];
       if (q != "q8" && q != "q4") {
@@ -88,7 +90,7 @@ int main(int argc, char** argv) {
     }
   }
   if (model_dir.empty() || prompt_n < 2 || gen_n < 2 || reps < 1 || threads < 0) {
-    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4] [--draft-layers q8|q4]\n");
+    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4] [--draft-layers q8|q4] [--draft-vocab N]\n");
     return 2;
   }
 
@@ -153,8 +155,9 @@ int main(int argc, char** argv) {
     }
     const double mtp = median(t_mtp);
     auto as = [](mimo::QuantType q) { return q == mimo::QuantType::none ? "as stored" : mimo::to_string(q).data(); };
-    std::printf("| MTP drafting step (1 draft, lm_head %s, MTP layers %s) | %.1f | %.3f |\n", as(load.draft_head),
-                as(load.draft_layers), 1e3 * mtp, mtp / step);
+    std::printf("| MTP drafting step (1 draft, lm_head %s over %lld tokens, MTP layers %s) | %.1f | %.3f |\n",
+                as(load.draft_head), static_cast<long long>(model.draft_vocab()), as(load.draft_layers), 1e3 * mtp,
+                mtp / step);
     check(session.truncate(P), "truncate");
   }
 

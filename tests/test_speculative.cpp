@@ -323,6 +323,19 @@ TEST_CASE("speculative: a deeper draft step matches the reference chain (two MTP
   CHECK(s.mtp_size(2) == S - 2);
 }
 
+// The MTP step-0 logits after `prompt` (its last token is the one the step embeds).
+std::vector<float> first_mtp_logits(const Model& m, const std::vector<int32_t>& prompt) {
+  auto s = session_of(m);
+  REQUIRE(s.append(std::span<const int32_t>(prompt).first(prompt.size() - 1), {.hidden = mimo::OutputRows::all}).has_value());
+  auto d = mimo::MtpDrafter<mimo::Cpu>::create(m);
+  REQUIRE(d.has_value());
+  REQUIRE(d->propose(s, prompt.back(), 1, nullptr).has_value());
+  const auto logits = s.mtp_logits();
+  CHECK(logits.vocab == m.draft_vocab());
+  const auto row = logits.last();
+  return std::vector<float>(row.begin(), row.end());
+}
+
 TEST_CASE("speculative: a quantized draft head or MTP layers change the drafts' logits a little and the output not at all") {
   const auto config = test::small_config(300, 64, 2, 4, 2, 16, 96, 1);
   test::TempDir dir;
@@ -330,16 +343,7 @@ TEST_CASE("speculative: a quantized draft head or MTP layers change the drafts' 
   const Model exact_head = load(dir.path());
   const auto prompt = test::random_tokens(20, config.vocab_size, 4);
   const auto plain = run(exact_head, prompt, 120, {.greedy = true}, 0);
-  // MTP step-0 logits at the last prompt position through lm_head as stored.
-  auto mtp_logits = [&](const Model& m) {
-    auto s = session_of(m);
-    REQUIRE(s.append(std::span<const int32_t>(prompt).first(prompt.size() - 1), {.hidden = mimo::OutputRows::all}).has_value());
-    auto d = mimo::MtpDrafter<mimo::Cpu>::create(m);
-    REQUIRE(d.has_value());
-    REQUIRE(d->propose(s, prompt.back(), 1, nullptr).has_value());
-    const auto row = s.mtp_logits().last();
-    return std::vector<float>(row.begin(), row.end());
-  };
+  auto mtp_logits = [&](const Model& m) { return first_mtp_logits(m, prompt); };
   const auto reference = mtp_logits(exact_head);
   double scale = 0.0;
   for (float v : reference) scale = std::max(scale, static_cast<double>(std::abs(v)));
@@ -402,4 +406,76 @@ TEST_CASE("speculative: a quantized draft head or MTP layers change the drafts' 
   auto plain_estimate = Model::estimate_memory(dir2.path()), drafter_estimate = Model::estimate_memory(dir2.path(), drafter_options);
   REQUIRE((plain_estimate.has_value() && drafter_estimate.has_value()));
   CHECK(drafter_estimate->weights == plain_estimate->weights);
+}
+
+TEST_CASE("speculative: a draft vocabulary drafts from the leading token ids only, and the output stays the same") {
+  const auto config = test::small_config(300, 64, 2, 4, 2, 16, 96, 1);
+  test::TempDir dir;
+  test::synthesize(dir.path(), config, 33);
+  const auto prompt = test::random_tokens(20, config.vocab_size, 6);
+  constexpr int64_t kDraftVocab = 120;
+  using mimo::QuantType;
+  struct Case {
+    QuantType model, head;  // LoadOptions::quantize.type, LoadOptions::draft_head
+  };
+  for (const Case c : {Case{QuantType::none, QuantType::none}, Case{QuantType::none, QuantType::q4},
+                       Case{QuantType::q8, QuantType::none}}) {
+    CAPTURE(mimo::to_string(c.model));
+    CAPTURE(mimo::to_string(c.head));
+    mimo::LoadOptions whole{.draft_head = c.head};
+    whole.quantize.type = c.model;
+    mimo::LoadOptions leading = whole;
+    leading.draft_vocab = kDraftVocab;
+    auto full = Model::load(dir.path(), whole);
+    auto m = Model::load(dir.path(), leading);
+    REQUIRE((full.has_value() && m.has_value()));
+    CHECK(full->draft_vocab() == config.vocab_size);
+    CHECK(m->draft_vocab() == kDraftVocab);
+    // Each row of the head is the same dot product, whichever rows are read: the logits are the
+    // whole vocabulary's first ones, exactly.
+    const auto reference = first_mtp_logits(*full, prompt);
+    const auto got = first_mtp_logits(*m, prompt);
+    REQUIRE(got.size() == static_cast<size_t>(kDraftVocab));
+    CHECK(std::equal(got.begin(), got.end(), reference.begin()));
+    // A view of lm_head costs no memory; a quantized copy costs only its rows.
+    auto planned = Model::estimate_memory(dir.path(), leading);
+    REQUIRE(planned.has_value());
+    CHECK(planned->weights == m->estimate({}).weights);
+    if (c.head == QuantType::none) {
+      CHECK(planned->weights == full->estimate({}).weights);
+      CHECK(m->tensors().draft_head.data == m->tensors().lm_head.data);
+    } else {
+      const uint64_t h = static_cast<uint64_t>(config.hidden_size), v = static_cast<uint64_t>(config.vocab_size);
+      const uint64_t per_row = h / 2 + h / 32 * 2;  // q4 codes and f16 scales in groups of 32
+      CHECK(full->estimate({}).weights - planned->weights == (v - kDraftVocab) * per_row);
+    }
+    // Drafts stay below the limit at every depth, and the output is plain decoding's.
+    for (int32_t pending : {5, 150, 299}) {
+      auto s = session_of(*m);
+      REQUIRE(s.append(prompt, {.hidden = mimo::OutputRows::all}).has_value());
+      auto drafter = mimo::MtpDrafter<mimo::Cpu>::create(*m, {.depth = 4});
+      REQUIRE(drafter.has_value());
+      auto drafts = drafter->propose(s, pending, 4, nullptr);
+      REQUIRE(drafts.has_value());
+      CHECK(drafts->size() == 4);
+      for (int32_t d : *drafts) CHECK(d < kDraftVocab);
+    }
+    const auto plain = run(*full, prompt, 120, {.greedy = true}, 0);
+    for (int depth = 1; depth <= 3; ++depth) CHECK(run(*m, prompt, 120, {.greedy = true}, depth) == plain);
+  }
+  // The whole vocabulary is the same as none; beyond it, or below 0, is an error that names the option.
+  auto all = Model::load(dir.path(), {.draft_vocab = config.vocab_size});
+  REQUIRE(all.has_value());
+  CHECK(all->draft_vocab() == config.vocab_size);
+  CHECK_FALSE(all->tensors().draft_head);
+  for (int64_t bad : {config.vocab_size + 1, int64_t{-1}}) {
+    CAPTURE(bad);
+    auto m = Model::load(dir.path(), {.draft_vocab = bad});
+    REQUIRE_FALSE(m.has_value());
+    CHECK(m.error().code() == mimo::Errc::invalid_argument);
+    CHECK(m.error().describe().find("draft_vocab") != std::string::npos);
+    auto e = Model::estimate_memory(dir.path(), {.draft_vocab = bad});
+    REQUIRE_FALSE(e.has_value());
+    CHECK(e.error().code() == mimo::Errc::invalid_argument);
+  }
 }

@@ -182,10 +182,11 @@ inline uint64_t quantized_bytes(const TensorView& t, QuantType q, int64_t group,
 }
 
 // Bytes of the bound weights once Model::load has applied its quantization options (`quantize`
-// over the model, `draft_layers` over the MTP layers, a `draft_head` copy of lm_head), worked out
-// from the shapes without quantizing anything: what Model::estimate_memory reports.
+// over the model, `draft_layers` over the MTP layers, a `draft_head` copy of lm_head or of its
+// first `draft_vocab` rows), worked out from the shapes without quantizing anything: what
+// Model::estimate_memory reports.
 inline uint64_t planned_weight_bytes(const ModelTensors& bound, const QuantizeOptions& quantize, QuantType draft_layers,
-                                     QuantType draft_head) {
+                                     QuantType draft_head, int64_t draft_vocab = 0) {
   ModelTensors m = bound;  // views only: the copy lets the plan mark what it converts
   uint64_t bytes = resident_weight_bytes(m);
   std::vector<const TensorView*> converted;
@@ -208,7 +209,8 @@ inline uint64_t planned_weight_bytes(const ModelTensors& bound, const QuantizeOp
       m.lm_head.quantized() || std::find(converted.begin(), converted.end(), &m.lm_head) != converted.end();
   // (a draft head already bound is counted in resident_weight_bytes)
   if (draft_head != QuantType::none && !m.mtp_layers.empty() && !head_quantized && !m.draft_head) {
-    bytes += quantized_bytes(m.lm_head, draft_head, quant_group(draft_head, quantize), quantize.with_min);
+    const int64_t rows = draft_vocab > 0 ? std::min(draft_vocab, m.lm_head.rows()) : m.lm_head.rows();
+    bytes += quant_tensor_bytes(draft_head, rows, m.lm_head.cols(), quant_group(draft_head, quantize), quantize.with_min);
   }
   return bytes;
 }

@@ -94,8 +94,9 @@ class Session {
 
   // The logits of the main model's last forward pass (a mutable view).
   Logits logits() { return Logits{logits_host_.data(), logits_rows_, model_.config().vocab_size}; }
-  // The logits of the last MTP batch (kept apart, so drafting never replaces the main logits).
-  Logits mtp_logits() { return Logits{mtp_logits_buf_.data(), mtp_logits_rows_, model_.config().vocab_size}; }
+  // The logits of the last MTP batch (kept apart, so drafting never replaces the main logits), over
+  // the token ids below Model::draft_vocab().
+  Logits mtp_logits() { return Logits{mtp_logits_buf_.data(), mtp_logits_rows_, model_.draft_vocab()}; }
 
   // Post-norm hidden states kept from the last append (rows selected by AppendOptions::hidden),
   // and the position of its first row: row i belongs to position hidden_position() + i. Rows at
@@ -337,11 +338,11 @@ Expected<Logits> Session<B>::mtp_forward(const MtpBatch& b, const std::atomic<bo
   if (!out) return std::move(out).error();
   const int64_t logit_rows = b.logits == OutputRows::all ? n : b.logits == OutputRows::last ? std::min<int64_t>(n, 1) : 0;
   mtp_logits_rows_ = 0;
-  if (auto s = mtp_logits_buf_.reserve(static_cast<uint64_t>(std::max<int64_t>(logit_rows, 1)) * c.vocab_size, "MTP logits");
-      !s) {
+  const int64_t vocab = model_.draft_vocab();
+  if (auto s = mtp_logits_buf_.reserve(static_cast<uint64_t>(std::max<int64_t>(logit_rows, 1)) * vocab, "MTP logits"); !s) {
     return std::move(s).error();
   }
-  auto logits_dev = B::rows(logits_dev_buf_, std::max<int64_t>(logit_rows, 1), c.vocab_size, "logits");
+  auto logits_dev = B::rows(logits_dev_buf_, std::max<int64_t>(logit_rows, 1), vocab, "logits");
   if (!logits_dev) return std::move(logits_dev).error();
   logits_dev->count = logit_rows;
   const MtpWeights<B>& layer = w.mtp_layers[static_cast<size_t>(std::min(b.step, K - 1))];

@@ -41,8 +41,8 @@ struct ModelTensors {
   TensorView norm;     // (H)
   TensorView lm_head;  // (V, H); embed_tokens when tie_word_embeddings
   std::vector<MtpLayerTensors> mtp_layers;
-  // The MTP steps' logits through a quantized copy of lm_head (LoadOptions::draft_head), or empty:
-  // through lm_head itself.
+  // The MTP steps' logits through a quantized copy of lm_head (LoadOptions::draft_head), a view of
+  // its leading rows (LoadOptions::draft_vocab), a copy of those; or empty: through lm_head itself.
   TensorView draft_head;
 
   static Expected<ModelTensors> bind(const Checkpoint& ck);
@@ -57,7 +57,8 @@ void for_each_block_weight(const DecoderBlockTensors& b, Fn&& fn) {
   }
 }
 
-// Each bound weight once (lm_head only when it is not the tied embedding), then draft_head.
+// Each bound weight once (lm_head only when it is not the tied embedding), then draft_head
+// unless it is a view of lm_head's rows.
 template <class Fn>
 void for_each_weight(const ModelTensors& m, Fn&& fn) {
   if (m.embed_tokens) fn(m.embed_tokens);
@@ -70,7 +71,28 @@ void for_each_weight(const ModelTensors& m, Fn&& fn) {
     }
     for_each_block_weight(l.block, fn);
   }
-  if (m.draft_head) fn(m.draft_head);
+  if (m.draft_head && m.draft_head.data != m.lm_head.data) fn(m.draft_head);
+}
+
+// A view of the first `rows` rows of a 2-d weight, float or quantized (codes, scales and
+// minimums are all row-major), described by `info`, which must outlive the view.
+inline TensorView leading_rows(const TensorView& t, int64_t rows, io::TensorInfo& info) {
+  info = *t.info;
+  info.name = t.name() + " (first " + std::to_string(rows) + " rows)";
+  info.end = info.begin + t.nbytes() / static_cast<uint64_t>(t.dim(0)) * static_cast<uint64_t>(rows);
+  info.shape[0] = rows;
+  TensorView v = t;
+  v.info = &info;
+  return v;
+}
+
+// LoadOptions::draft_vocab for a model with this config: 0 (the whole vocabulary) up to its size.
+inline Status check_draft_vocab(const ModelConfig& c, int64_t draft_vocab) {
+  if (draft_vocab < 0 || draft_vocab > c.vocab_size) {
+    return Error(Errc::invalid_argument, "draft_vocab " + std::to_string(draft_vocab) + " is not in [0, " +
+                                             std::to_string(c.vocab_size) + "] (vocab_size; 0 means all of it)");
+  }
+  return ok();
 }
 
 // Bytes of all the bound weights (codes and scales where quantized): what the model keeps

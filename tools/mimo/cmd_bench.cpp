@@ -1,5 +1,5 @@
 // mimo bench --model DIR [--prompt 512] [--gen 64] [--threads N] [--mtp-depth D] [--repeat R]
-//            [--quantize {q8,q4}] [--kv-cache {f32,f16,bf16,i8}] [--draft-head {q8,q4}] [--draft-layers {q8,q4}] [--exact]
+//            [--quantize {q8,q4}] [--kv-cache {f32,f16,bf16,i8}] [--draft-head {q8,q4}] [--draft-layers {q8,q4}] [--draft-vocab N] [--exact]
 //
 // Prefill and decode speed on the CPU (medians over repetitions), the bytes of weights one
 // decoding step reads, the bandwidth that achieves and its fraction of the read bandwidth
@@ -56,7 +56,7 @@ double peak_rss_gib() {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
-  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache", "draft-head", "draft-layers"},
+  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab"},
                                {"exact"});
   if (!args) return cli::fail("bench", args.error());
   auto prompt_n = args->get_int("prompt", 512);

@@ -24,7 +24,7 @@ namespace mimo::cli {
 
 // Options every model-running command accepts.
 inline std::set<std::string> model_options() {
-  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head", "draft-layers"};
+  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab"};
 }
 inline std::set<std::string> sampling_options() {
   return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
@@ -78,6 +78,7 @@ inline Expected<SamplerOptions> sampler_options(const Args& args) {
 // written by `mimo quantize` needs no option). --draft-head {q8,q4}: the MTP drafter's logits
 // through a quantized copy of lm_head (LoadOptions::draft_head; CPU backend). --draft-layers
 // {q8,q4}: the MTP layers quantized while loading (LoadOptions::draft_layers; CPU backend).
+// --draft-vocab N: the drafter proposes only token ids below N (LoadOptions::draft_vocab).
 inline Expected<LoadOptions> load_options(const Args& args) {
   LoadOptions o;
   auto quant = [&](const char* flag) -> Expected<QuantType> {
@@ -96,6 +97,9 @@ inline Expected<LoadOptions> load_options(const Args& args) {
   auto layers = quant("draft-layers");
   if (!layers) return std::move(layers).error();
   o.draft_layers = *layers;
+  auto vocab = args.get_int("draft-vocab", 0);
+  if (!vocab) return std::move(vocab).error();
+  o.draft_vocab = *vocab;
   return o;
 }
 
