@@ -157,7 +157,8 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
   const std::string drafting = " --tokens 9707 -n 16 --greedy --print-ids --quiet";
   auto plain = run_mimo("generate --mtp-depth 0" + drafting);
   REQUIRE(plain.status == 0);
-  for (const char* options : {"--draft-head q8", "--draft-head q4", "--draft-layers q8", "--draft-head q4 --draft-layers q4"}) {
+  for (const char* options : {"--draft-head q8", "--draft-head q4", "--draft-layers q8", "--draft-head q4 --draft-layers q4",
+                              "--draft-vocab 1000", "--draft-vocab 1000 --draft-head q4"}) {
     CAPTURE(options);
     auto drafted = run_mimo(std::string("generate --mtp-depth 2 ") + options + drafting);
     REQUIRE_MESSAGE(drafted.status == 0, drafted.err);
@@ -169,4 +170,10 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
   auto bad_layers = run_mimo("generate --draft-layers int4" + run);
   CHECK(bad_layers.status == 1);
   CHECK(bad_layers.err.find("--draft-layers must be") != std::string::npos);
+  auto bad_vocab = run_mimo("generate --draft-vocab 200000" + run);
+  CHECK(bad_vocab.status == 1);
+  CHECK(bad_vocab.err.find("draft_vocab 200000 is not in [0, 151680]") != std::string::npos);
+  auto bad_vocab_text = run_mimo("generate --draft-vocab many" + run);
+  CHECK(bad_vocab_text.status == 1);
+  CHECK(bad_vocab_text.err.find("--draft-vocab") != std::string::npos);
 }

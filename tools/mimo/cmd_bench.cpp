@@ -153,6 +153,8 @@ int cmd_bench(int argc, char** argv) {
     std::printf("| drafted / accepted | %lld / %lld (%.2f tokens per pass) |\n",
                 static_cast<long long>(last_stats.speculative.drafted), static_cast<long long>(last_stats.speculative.accepted),
                 last_stats.speculative.tokens_per_pass());
+    std::printf("| drafts from | token ids below %lld of %lld |\n", static_cast<long long>(model->draft_vocab()),
+                static_cast<long long>(model->config().vocab_size));
   }
   if (load->quantize.type == QuantType::none) {
     // Stretches of the weights mapped in 4 KiB pages stream slower (a TLB miss per page): after
