@@ -52,12 +52,23 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
   // Output rows of all jobs, concatenated, are handed out in blocks from a shared counter: a thread
   // slowed by other work on its core (another process, the host application's threads, a late
   // wake-up) leaves more blocks to the others instead of holding the call back, as an even split
-  // did (one core a third slower than the other over whole q8 steps, measured). About 8 blocks
-  // per thread, multiples of 16 rows so that threads do not write the same cache lines of y.
+  // did (one core a third slower than the other over whole q8 steps, measured). Each block is a
+  // share of the rows left (1 / (2 x threads)), so blocks start large (few restarts of the weight
+  // stream) and end small (little waiting at the end): q4 7B steps 76-85 ms against 79-86 with 8
+  // equal blocks per thread, alternating. Multiples of 16 rows, so that threads do not write the
+  // same cache lines of y.
   int64_t total_rows = 0;
   for (const auto& j : jobs) total_rows += j.weight->rows;
-  const int64_t per_block = 8 * static_cast<int64_t>(pool.size());
-  const int64_t block = std::max<int64_t>(16, ((total_rows + per_block - 1) / per_block + 15) / 16 * 16);
+  const int64_t share = 2 * static_cast<int64_t>(pool.size());
+  auto take_block = [&](std::atomic<int64_t>& next, int64_t& begin, int64_t& end) {
+    begin = next.load(std::memory_order_relaxed);
+    for (;;) {
+      if (begin >= total_rows) return false;
+      const int64_t left = total_rows - begin;
+      end = begin + std::min(left, std::max<int64_t>(16, (left / share + 15) / 16 * 16));
+      if (next.compare_exchange_weak(begin, end, std::memory_order_relaxed)) return true;
+    }
+  };
   std::atomic<int64_t> next{0};
   pool.run([&](int t, int) {
     // Quantized weights read the rows quantized to int8 (laid out for their format), fast BF16
@@ -67,10 +78,7 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
     xq.bind(scratch.quant.data() + t * scratch.quant_per_thread, kMaxMatvecRows, scratch.max_cols);
     uint16_t* x16 = scratch.x16.data() + t * scratch.x16_per_thread;
     bool rounded = false;
-    for (;;) {
-      const int64_t begin = next.fetch_add(block, std::memory_order_relaxed);
-      if (begin >= total_rows) break;
-      const int64_t end = std::min(total_rows, begin + block);
+    for (int64_t begin = 0, end = 0; take_block(next, begin, end);) {
       int64_t offset = 0;
       for (const auto& j : jobs) {
         const int64_t r0 = std::max(begin, offset) - offset, r1 = std::min(end, offset + j.weight->rows) - offset;
