@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -119,6 +120,16 @@ double measured_copy_gbs() {
   return 2.0 * static_cast<double>(bytes) / median(t) / 1e9;  // read + write
 }
 
+// Rows of the graph decoders' steps; a longer prompt goes through in several steps.
+constexpr size_t kDecoderBatch = 256;
+
+// The prompt through a graph decoder, in steps of at most its batch of rows.
+void prefill(cuda_test::GraphDecoder& d, std::span<const int32_t> prompt, std::vector<int32_t>& ids) {
+  for (size_t i = 0; i < prompt.size(); i += kDecoderBatch) {
+    must(d.step(prompt.subspan(i, std::min(kDecoderBatch, prompt.size() - i)), false, ids), "prefill");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,9 +204,9 @@ int main(int argc, char** argv) {
 
   // --- decode at batch 1: one graph per step, argmax on the device ---
   for (bool graphs : {false, true}) {
-    auto d = must(cuda_test::GraphDecoder::create(model, context, 256, {.graphs = graphs}), "decoder");
+    auto d = must(cuda_test::GraphDecoder::create(model, context, static_cast<int64_t>(kDecoderBatch), {.graphs = graphs}), "decoder");
     std::vector<int32_t> ids, out;
-    must(d.step(prompt, false, ids), "prefill");
+    prefill(d, prompt, ids);
     std::vector<double> steps;
     for (int64_t i = 0; i < decode; ++i) {
       out.push_back(ids.back());
@@ -261,9 +272,9 @@ int main(int argc, char** argv) {
   }
   for (int64_t depth : depths) {
     if (depth < 1 || depth + 1 > 8 || static_cast<int64_t>(continuation.size()) < 2) continue;
-    auto d = must(cuda_test::GraphDecoder::create(model, context, 256), "decoder");
+    auto d = must(cuda_test::GraphDecoder::create(model, context, static_cast<int64_t>(kDecoderBatch)), "decoder");
     std::vector<int32_t> ids;
-    must(d.step(prompt, false, ids), "prefill");
+    prefill(d, prompt, ids);
     std::vector<double> passes;
     int64_t done = 0, mismatches = 0;
     int32_t pending = ids.back();

@@ -46,26 +46,31 @@ TEST_CASE("cuda ops: embed widens bf16 rows exactly") {
 
 TEST_CASE("cuda ops: rms_norm, strided and in place") {
   Contexts ctx(kNoAttention, 16);
+  // Widths past 2048 and 8192 floats read part of the row twice (registers hold the rest); a row
+  // stride that is a multiple of 4 takes the float4 path, one of width + 5 the scalar path.
   for (int64_t rows : {1, 3, 17}) {
-    for (int64_t width : {1, 31, 64, 1000, 4096}) {
-      CAPTURE(rows);
-      CAPTURE(width);
-      const auto x = random_values(static_cast<size_t>(rows * width), 2, 3.0f);
-      const HostTensor w("norm", mimo::DType::bf16, {width}, random_values(static_cast<size_t>(width), 3));
-      auto cw = Cpu::make_vector(w.view());
-      auto gw = Cuda::make_vector(w.view());
-      REQUIRE(gw.has_value());
-      HostRows hx(rows, width, width + 5), hy(rows, width);
-      DeviceRows dx(rows, width, width + 5), dy(rows, width);
-      hx.upload(x);
-      dx.upload(x);
-      Cpu::rms_norm(ctx.cpu, hx.rows, *cw, 1e-5, hy.rows);
-      Cuda::rms_norm(ctx.gpu, dx.rows, *gw, 1e-5, dy.rows);
-      Cpu::rms_norm(ctx.cpu, hx.rows, *cw, 1e-5, hx.rows);  // in place
-      Cuda::rms_norm(ctx.gpu, dx.rows, *gw, 1e-5, dx.rows);
-      ctx.sync();
-      CHECK(nmse(dy.download(), hy.download()) < 1e-12);
-      CHECK(nmse(dx.download(), hx.download()) < 1e-12);
+    for (int64_t width : {1, 31, 64, 1000, 4096, 10000}) {
+      for (int64_t pad : {5, 4}) {
+        CAPTURE(rows);
+        CAPTURE(width);
+        CAPTURE(pad);
+        const auto x = random_values(static_cast<size_t>(rows * width), 2, 3.0f);
+        const HostTensor w("norm", mimo::DType::bf16, {width}, random_values(static_cast<size_t>(width), 3));
+        auto cw = Cpu::make_vector(w.view());
+        auto gw = Cuda::make_vector(w.view());
+        REQUIRE(gw.has_value());
+        HostRows hx(rows, width, width + pad), hy(rows, width);
+        DeviceRows dx(rows, width, width + pad), dy(rows, width);
+        hx.upload(x);
+        dx.upload(x);
+        Cpu::rms_norm(ctx.cpu, hx.rows, *cw, 1e-5, hy.rows);
+        Cuda::rms_norm(ctx.gpu, dx.rows, *gw, 1e-5, dy.rows);
+        Cpu::rms_norm(ctx.cpu, hx.rows, *cw, 1e-5, hx.rows);  // in place
+        Cuda::rms_norm(ctx.gpu, dx.rows, *gw, 1e-5, dx.rows);
+        ctx.sync();
+        CHECK(nmse(dy.download(), hy.download()) < 1e-12);
+        CHECK(nmse(dx.download(), hx.download()) < 1e-12);
+      }
     }
   }
 }
@@ -80,7 +85,8 @@ TEST_CASE("cuda ops: linear over GEMV and cuBLASLt paths, bias, accumulate, stri
     CAPTURE(path.name);
     Contexts ctx(kNoAttention, 128, {.precision = path.precision});
     for (int64_t rows : {1, 2, 3, 5, 8, 9, 33, 100}) {
-      for (auto [in, out] : {std::pair<int64_t, int64_t>{64, 13}, {7, 5}, {100, 130}, {256, 64}, {1000, 257}}) {
+      // 4104 columns: the GEMV's main loop (8 loads in flight per lane) and then its remainder.
+      for (auto [in, out] : {std::pair<int64_t, int64_t>{64, 13}, {7, 5}, {100, 130}, {256, 64}, {1000, 257}, {4104, 40}}) {
         CAPTURE(rows);
         CAPTURE(in);
         CAPTURE(out);

@@ -8,7 +8,10 @@
 #   4. synthesizes `mimo synth --preset 7b` (15.6 GB, kept for later runs) and runs bench_cuda,
 #   5. prints one table: the test results, then the benchmark's.
 #
-#   tests/gpu/check.sh [--tests-only] [--quick]
+#   tests/gpu/check.sh [--tests-only] [--quick] [--no-build]
+#   --no-build: use the binaries already in BUILD_DIR (configured with -DMIMO_CUDA=ON and built
+#               with the targets mimo_cuda_all and mimo_cli on another machine, e.g. one without
+#               a GPU); skips the packages and the build, so the GPU machine needs only ctest.
 #   environment: BUILD_DIR (default build-gpu), MODEL_DIR (default $TMPDIR/mimo-7b-synth),
 #                CUDA_ARCH (default: the GPU's compute capability, e.g. 90), JOBS, PEAK_GBS (4800)
 # Exit status: 0 when everything passed, 1 on a failure, 2 when the machine cannot run the check.
@@ -21,11 +24,13 @@ jobs=${JOBS:-$(nproc)}
 peak=${PEAK_GBS:-4800}
 tests_only=0
 quick=0
+no_build=0
 for a in "$@"; do
   case "$a" in
     --tests-only) tests_only=1 ;;
     --quick) quick=1 ;;
-    *) echo "usage: $0 [--tests-only] [--quick]" >&2; exit 2 ;;
+    --no-build) no_build=1 ;;
+    *) echo "usage: $0 [--tests-only] [--quick] [--no-build]" >&2; exit 2 ;;
   esac
 done
 
@@ -49,15 +54,26 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
   echo "check.sh: no working nvidia-smi: this machine has no usable NVIDIA GPU" >&2
   exit 2
 fi
-if ! command -v nvcc >/dev/null 2>&1; then
+if [ $no_build -eq 0 ] && ! command -v nvcc >/dev/null 2>&1; then
   echo "check.sh: nvcc not found (install the CUDA Toolkit, or put its bin/ on PATH)" >&2
   exit 2
 fi
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader | head -n 1)
-say "GPU: $gpu; $(nvcc --version | tail -n 1)"
+compiler=""
+if [ $no_build -eq 0 ]; then compiler="; $(nvcc --version | tail -n 1)"; fi
+say "GPU: $gpu$compiler"
 arch=${CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d ' .')}
 case "$arch" in ''|*[!0-9]*) arch=90 ;; esac
 
+if [ $no_build -eq 1 ]; then
+  for f in tests/cuda/test_cuda_ops tests/cuda/test_cuda_model benchmarks/bench_cuda mimo CTestTestfile.cmake; do
+    if [ ! -e "$build/$f" ]; then
+      echo "check.sh: --no-build, but $build/$f is missing (build mimo_cuda_all and mimo_cli there first)" >&2
+      exit 2
+    fi
+  done
+  say "using the binaries in $build"
+else
 # --- packages: install only what is missing ---
 missing=()
 for p in cmake ninja-build g++ libeigen3-dev libsimdjson-dev doctest-dev; do
@@ -79,6 +95,7 @@ run configure cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DMIMO_BUILD_EXAMPLES=OFF
 say "building (-j$jobs)"
 run build cmake --build "$build" --target mimo_cuda_all mimo_cli -j "$jobs"
+fi
 
 # --- tests ---
 say "running the CUDA tests"

@@ -8,30 +8,77 @@ namespace mimo::cuda {
 namespace kernels {
 
 inline constexpr int kNormThreads = 256;
+inline constexpr int kNormCached = 8;  // accesses per thread kept in registers: rows up to 8192 floats read once
 
-// One block per row. out may alias x: each thread reads an element before writing it.
+template <bool VEC>
+struct NormAccess {
+  using type = float;
+  static __device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
+  static __device__ __forceinline__ double squares(float v) { return static_cast<double>(v) * v; }
+  static __device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
+  static __device__ __forceinline__ float scaled(float x, float w, float s) { return w * (x * s); }
+};
+template <>
+struct NormAccess<true> {
+  using type = float4;
+  static __device__ __forceinline__ float4 load(const float* p, int64_t i) { return reinterpret_cast<const float4*>(p)[i]; }
+  static __device__ __forceinline__ double squares(float4 v) {
+    return static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
+           static_cast<double>(v.w) * v.w;
+  }
+  static __device__ __forceinline__ void store(float* p, int64_t i, float4 v) { reinterpret_cast<float4*>(p)[i] = v; }
+  static __device__ __forceinline__ float4 scaled(float4 x, float4 w, float s) {
+    return make_float4(w.x * (x.x * s), w.y * (x.y * s), w.z * (x.z * s), w.w * (x.w * s));
+  }
+};
+
+// One block per row. The row's first kNormCached accesses per thread are all loaded before the
+// first use and kept in registers (a decode step's norm is one row: its time is the latency of
+// one round trip to memory, not of one per element). out may alias x: each element is written
+// by the thread that read it, after reading it. VEC: float4 accesses (width % 4 == 0, rows and
+// weight 16-byte aligned).
+template <bool VEC>
 __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(Rows x, const float* __restrict__ w, double eps, Rows out) {
+  using A = NormAccess<VEC>;
+  using V = typename A::type;
   __shared__ double partial[kNormThreads / 32];
   __shared__ float scale_shared;
   const int64_t r = blockIdx.x;
   const float* xr = x.data + r * x.stride;
   float* yr = out.data + r * out.stride;
+  const int64_t n = VEC ? x.width / 4 : x.width;
+  V cached[kNormCached] = {};
   double ss = 0.0;
-  for (int64_t c = threadIdx.x; c < x.width; c += blockDim.x) {
-    const double v = xr[c];
-    ss += v * v;
+#pragma unroll
+  for (int i = 0; i < kNormCached; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * kNormThreads;
+    if (c < n) cached[i] = A::load(xr, c);
+  }
+#pragma unroll
+  for (int i = 0; i < kNormCached; ++i) {
+    if (threadIdx.x + static_cast<int64_t>(i) * kNormThreads < n) ss += A::squares(cached[i]);
+  }
+  for (int64_t c = threadIdx.x + static_cast<int64_t>(kNormCached) * kNormThreads; c < n; c += kNormThreads) {
+    ss += A::squares(A::load(xr, c));
   }
   ss = warp_sum(ss);
   if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
   __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int i = 0; i < kNormThreads / 32; ++i) total += partial[i];
-    scale_shared = static_cast<float>(1.0 / sqrt(total / static_cast<double>(x.width) + eps));
+  if (threadIdx.x < 32) {
+    double total = threadIdx.x < kNormThreads / 32 ? partial[threadIdx.x] : 0.0;
+    total = warp_sum(total);
+    if (threadIdx.x == 0) scale_shared = static_cast<float>(1.0 / sqrt(total / static_cast<double>(x.width) + eps));
   }
   __syncthreads();
   const float scale = scale_shared;
-  for (int64_t c = threadIdx.x; c < x.width; c += blockDim.x) yr[c] = w[c] * (xr[c] * scale);
+#pragma unroll
+  for (int i = 0; i < kNormCached; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * kNormThreads;
+    if (c < n) A::store(yr, c, A::scaled(cached[i], A::load(w, c), scale));
+  }
+  for (int64_t c = threadIdx.x + static_cast<int64_t>(kNormCached) * kNormThreads; c < n; c += kNormThreads) {
+    A::store(yr, c, A::scaled(A::load(xr, c), A::load(w, c), scale));
+  }
 }
 
 }  // namespace kernels
@@ -40,7 +87,15 @@ namespace launch {
 
 cudaError_t rms_norm(cudaStream_t stream, const Rows& x, const float* weight, double eps, const Rows& out) {
   if (x.count <= 0 || x.width <= 0) return cudaSuccess;
-  kernels::rms_norm_kernel<<<static_cast<unsigned>(x.count), kernels::kNormThreads, 0, stream>>>(x, weight, eps, out);
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = x.width % 4 == 0 && x.stride % 4 == 0 && out.stride % 4 == 0 && aligned(x.data) && aligned(out.data) &&
+                   aligned(weight);
+  const unsigned grid = static_cast<unsigned>(x.count);
+  if (vec) {
+    kernels::rms_norm_kernel<true><<<grid, kernels::kNormThreads, 0, stream>>>(x, weight, eps, out);
+  } else {
+    kernels::rms_norm_kernel<false><<<grid, kernels::kNormThreads, 0, stream>>>(x, weight, eps, out);
+  }
   return kernels::launched();
 }
 
