@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-shot check of the CUDA backend on a machine with an NVIDIA GPU, in well under 10 minutes on
-# an H200 (about 2 min build, 1 min tests, 1 min to synthesize MiMo-7B, 1-2 min benchmark):
+# One-shot check of the CUDA backend on a machine with an NVIDIA GPU, in well under 10 minutes. On
+# an H200 (2026-12-04, --no-build): tests 6 s, synthesizing MiMo-7B 31 s, benchmark 50 s; the
+# build takes 2-3 minutes on 2 cores:
 #   1. installs what is missing (cmake, ninja, Eigen, simdjson, doctest) when apt-get can,
 #   2. builds the CUDA targets only (tests, benchmark, the mimo tool for `synth`),
 #   3. runs the CUDA tests (every op against the CPU backend, the tiny-mimo fixture, generated
@@ -8,10 +9,12 @@
 #   4. synthesizes `mimo synth --preset 7b` (15.6 GB, kept for later runs) and runs bench_cuda,
 #   5. prints one table: the test results, then the benchmark's.
 #
-#   tests/gpu/check.sh [--tests-only] [--quick] [--no-build]
+#   tests/gpu/check.sh [--tests-only] [--quick] [--no-build] [--profile]
 #   --no-build: use the binaries already in BUILD_DIR (configured with -DMIMO_CUDA=ON and built
 #               with the targets mimo_cuda_all and mimo_cli on another machine, e.g. one without
 #               a GPU); skips the packages and the build, so the GPU machine needs only ctest.
+#   --profile:  then the time of every kernel of one decode step, read by ncu (Nsight Compute)
+#               over a 2-layer model of the 7B shape (tests/gpu/ncu_step.py); about 20 s.
 #   environment: BUILD_DIR (default build-gpu), MODEL_DIR (default $TMPDIR/mimo-7b-synth),
 #                CUDA_ARCH (default: the GPU's compute capability, e.g. 90), JOBS, PEAK_GBS (4800)
 # Exit status: 0 when everything passed, 1 on a failure, 2 when the machine cannot run the check.
@@ -25,12 +28,14 @@ peak=${PEAK_GBS:-4800}
 tests_only=0
 quick=0
 no_build=0
+profile=0
 for a in "$@"; do
   case "$a" in
     --tests-only) tests_only=1 ;;
     --quick) quick=1 ;;
     --no-build) no_build=1 ;;
-    *) echo "usage: $0 [--tests-only] [--quick] [--no-build]" >&2; exit 2 ;;
+    --profile) profile=1 ;;
+    *) echo "usage: $0 [--tests-only] [--quick] [--no-build] [--profile]" >&2; exit 2 ;;
   esac
 done
 
@@ -133,9 +138,40 @@ if [ $tests_only -eq 0 ]; then
   fi
 fi
 
+# --- per-kernel times of a decode step ---
+profile_status=0
+if [ $profile -eq 1 ]; then
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+  if [ -z "$ncu" ]; then
+    say "profile skipped: ncu not found"
+  else
+    say "profile: ncu over one decode step of a 2-layer model of the 7B shape"
+    small="$model-2-layers"
+    if [ ! -f "$small/.complete" ]; then
+      rm -rf "$small"
+      run synth-small "$build/mimo" synth --preset 7b --num_hidden_layers 2 --seed 0 --quiet --out "$small"
+      touch "$small/.complete"
+    fi
+    # A 200-token prompt, then 4 decode steps; ncu leaves the clocks as they are.
+    "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+      "$build/mimo" generate --backend cuda --model "$small" --tokens "$(seq -s, 1 200)" -n 4 --greedy \
+      --mtp-depth 0 --ignore-eos --quiet >"$logs/ncu.csv" 2>"$logs/ncu.log"
+    profile_status=$?
+    if [ $profile_status -eq 0 ]; then
+      python3 "$root/tests/gpu/ncu_step.py" "$logs/ncu.csv" >"$logs/profile.md" || profile_status=$?
+    fi
+    if [ $profile_status -ne 0 ]; then
+      say "profile FAILED (logs: $logs/ncu.log, $logs/ncu.csv)"
+      tail -n 20 "$logs/ncu.log"
+    fi
+  fi
+fi
+
 # --- the table ---
 echo
-echo "## CUDA backend check: $gpu ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+revision=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')
+if ! git -C "$root" diff --quiet HEAD 2>/dev/null; then revision="$revision with local changes"; fi
+echo "## CUDA backend check: $gpu ($revision)"
 echo
 echo "| test | result | time |"
 echo "|---|---|---|"
@@ -146,6 +182,10 @@ if [ $tests_only -eq 0 ] && [ -f "$logs/bench.log" ]; then
   echo
   grep -E '^\|' "$logs/bench.log"
 fi
+if [ $profile -eq 1 ] && [ -f "$logs/profile.md" ]; then
+  echo
+  cat "$logs/profile.md"
+fi
 echo
-say "done (tests: $([ $tests_status -eq 0 ] && echo passed || echo FAILED), benchmark: $([ $bench_status -eq 0 ] && echo ok || echo FAILED))"
-[ $tests_status -eq 0 ] && [ $bench_status -eq 0 ]
+say "done (tests: $([ $tests_status -eq 0 ] && echo passed || echo FAILED), benchmark: $([ $tests_only -eq 1 ] && echo skipped || { [ $bench_status -eq 0 ] && echo ok || echo FAILED; })$([ $profile -eq 1 ] && echo ", profile: $([ $profile_status -eq 0 ] && echo ok || echo FAILED)"))"
+[ $tests_status -eq 0 ] && [ $bench_status -eq 0 ] && [ $profile_status -eq 0 ]
