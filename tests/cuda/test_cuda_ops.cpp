@@ -321,6 +321,27 @@ TEST_CASE("cuda ops: a bad op is reported at the next synchronisation, then the 
   a.upload(std::vector<float>(20, 2.0f));
   cuda_test::require_ok(Cuda::to_host(ctx.gpu, a.rows, host.data()));
   CHECK(host == std::vector<float>(20, 2.0f));
+  // Attention with more heads, or over a longer cache, than the context was made for would write
+  // past its split-K records: refused.
+  {
+    const mimo::AttentionShape small{4, 2, 16, 1e4}, more_heads{8, 2, 16, 1e4};
+    auto c = Cuda::make_context({}, small, 16, 64);
+    REQUIRE(c.has_value());
+    Cuda::KvCache kv;
+    cuda_test::require_ok(Cuda::make_kv_cache(kv, 1, small, 1024));
+    DeviceRows q(1, 8 * 16), k(1, 2 * 16), v(1, 2 * 16), o(1, 8 * 16);
+    q.upload(std::vector<float>(8 * 16, 0.5f));
+    k.upload(std::vector<float>(2 * 16, 0.5f));
+    v.upload(std::vector<float>(2 * 16, 0.5f));
+    Cuda::attention(*c, kv, 0, 0, q.rows, k.rows, v.rows, more_heads, o.rows);
+    auto e = Cuda::synchronize(*c);
+    REQUIRE_FALSE(e.has_value());
+    CHECK(e.error().message().find("context made for 4 heads") != std::string::npos);
+    Cuda::attention(*c, kv, 0, 1000, q.rows.slice(0, 1), k.rows, v.rows, small, o.rows);  // 1001 entries, context of 16
+    e = Cuda::synchronize(*c);
+    REQUIRE_FALSE(e.has_value());
+    CHECK(e.error().message().find("1001 entries") != std::string::npos);
+  }
   // Contexts refuse what the kernels cannot do.
   CHECK_FALSE(Cuda::make_context({}, mimo::AttentionShape{4, 4, 512, 1e4}, 16, 64).has_value());
   CHECK_FALSE(Cuda::make_context({.device = 9999}, kNoAttention, 16, 64).has_value());

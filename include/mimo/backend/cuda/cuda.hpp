@@ -613,6 +613,13 @@ struct Cuda {
     if (c.mode != Mode::dry && !launched(c, cuda::launch::kv_store(c.stream, a.kv, len, k, v), "attention (store keys)")) return;
     if (n <= c.options.decode_attention_max_rows) {
       const auto [splits, split_len] = decode_splits(c, length + n);
+      // The split records were sized for the context's shape, and the splits for its capacity.
+      if (s.num_heads > c.shape.num_heads || D > c.shape.head_dim || splits * split_len < length + n) {
+        return invalid(c, "attention: " + std::to_string(s.num_heads) + " heads of " + std::to_string(D) + " over " +
+                              std::to_string(length + n) + " entries, for a context made for " +
+                              std::to_string(c.shape.num_heads) + " heads of " + std::to_string(c.shape.head_dim) +
+                              " and " + std::to_string(c.capacity) + " entries");
+      }
       note(c, {code(cuda::detail::OpCode::decode), splits, split_len, s.num_heads, cuda::detail::addr(c.partials.data())});
       note_rows(c, q);
       note_rows(c, out);
