@@ -28,6 +28,8 @@ struct DeviceRows {
     rows = mimo::Rows{buffer.data(), count, width, stride};
     // Poison the padding and everything else: a kernel that reads or writes outside shows up.
     REQUIRE(cudaMemset(buffer.data(), 0x7f, buffer.bytes()) == cudaSuccess);
+    // Copies on the legacy stream are not ordered with the contexts' non-blocking streams.
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   }
   void upload(const std::vector<float>& host) {
     REQUIRE(static_cast<int64_t>(host.size()) == rows.count * rows.width);
@@ -35,6 +37,7 @@ struct DeviceRows {
     REQUIRE(cudaMemcpy2D(rows.data, static_cast<size_t>(rows.stride) * 4, host.data(), static_cast<size_t>(rows.width) * 4,
                          static_cast<size_t>(rows.width) * 4, static_cast<size_t>(rows.count), cudaMemcpyHostToDevice) ==
             cudaSuccess);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   }
   std::vector<float> download() const {
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);

@@ -13,6 +13,8 @@
 #   --no-build: use the binaries already in BUILD_DIR (configured with -DMIMO_CUDA=ON and built
 #               with the targets mimo_cuda_all and mimo_cli on another machine, e.g. one without
 #               a GPU); skips the packages and the build, so the GPU machine needs only ctest.
+#               The build holds the build machine's absolute paths (its CTest files, the fixtures
+#               directory compiled into the tests): make them valid there, e.g. with symlinks.
 #   --profile:  then the time of every kernel of one decode step, read by ncu (Nsight Compute)
 #               over a 2-layer model of the 7B shape (tests/gpu/ncu_step.py); about 20 s.
 #   environment: BUILD_DIR (default build-gpu), MODEL_DIR (default $TMPDIR/mimo-7b-synth),
@@ -77,6 +79,10 @@ if [ $no_build -eq 1 ]; then
       exit 2
     fi
   done
+  if ! command -v ctest >/dev/null 2>&1; then
+    echo "check.sh: ctest not found (install CMake)" >&2
+    exit 2
+  fi
   say "using the binaries in $build"
 else
 # --- packages: install only what is missing ---
@@ -88,7 +94,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing: ${missing[*]}"
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"; } >"$logs/apt.log" 2>&1; then
+  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"$logs/apt.log" 2>&1; then
     echo "check.sh: could not install ${missing[*]} (see $logs/apt.log); install them and run again" >&2
     exit 2
   fi
@@ -106,6 +112,17 @@ fi
 say "running the CUDA tests"
 ctest --test-dir "$build" -L cuda --output-on-failure --timeout 900 >"$logs/tests.log" 2>&1
 tests_status=$?
+# A test that finds no usable GPU skips itself, which CTest counts as passed; here that is a
+# failure (a driver or runtime mismatch, say).
+if grep -qE '\*\*\*Skipped|Not Run' "$logs/tests.log"; then
+  say "CUDA tests were skipped: the tests found no usable GPU"
+  "$build/tests/cuda/test_cuda_no_exceptions" 2>&1 | head -n 3  # says why
+  tests_status=1
+fi
+if ! grep -qE '^ *[0-9]+/[0-9]+ Test +#' "$logs/tests.log"; then
+  say "no CUDA tests ran"
+  tests_status=1
+fi
 test_rows=$(grep -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: ' "$logs/tests.log" |
   sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: ([^ ]+) [ .*]*(Passed|Failed|Skipped|Not Run|Timeout|Exception)?[^0-9]*([0-9.]+ sec).*/| \1 | \2 | \3 |/')
 if [ $tests_status -ne 0 ]; then

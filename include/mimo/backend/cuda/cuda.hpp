@@ -252,6 +252,7 @@ struct Cuda {
         !s) {
       return std::move(s).error();
     }
+    if (auto s = landed("upload of " + t.name()); !s) return std::move(s).error();
     v.size = static_cast<int64_t>(n);
     return v;
   }
@@ -378,7 +379,7 @@ struct Cuda {
         return s;
       }
     }
-    return ok();
+    return landed("copy KV cache");
   }
 
   // --- saved state: the CPU backend's format (fp32 keys then values per layer and head) ---
@@ -423,7 +424,7 @@ struct Cuda {
         }
       }
     }
-    return ok();
+    return landed("load KV cache");
   }
 
   static Status rows_save(const Rows& rows, mimo::detail::ByteWriter& w) {
@@ -453,7 +454,7 @@ struct Cuda {
         return s;
       }
     }
-    return ok();
+    return landed("load rows");
   }
 
   // Rows of `width` floats in device memory; contents undefined. Growing waits for the device.
@@ -1022,9 +1023,18 @@ struct Cuda {
 
   // Uploads a BF16, F16 or F32 tensor as bf16: BF16 is copied as is; the others go through a
   // device staging buffer in 64 MiB pieces and are converted there.
+  // Waits until copies issued on the legacy default stream have landed. A plain cudaMemcpy from
+  // pageable host memory may return before its DMA completes, and a device-to-device one returns
+  // at once; the contexts' streams are non-blocking, so nothing else orders their kernels after
+  // such a copy.
+  static Status landed(const std::string& what) { return cuda::check(cudaDeviceSynchronize(), what); }
+
   static Status upload_as_bf16(const TensorView& t, uint16_t* dst, uint64_t n) {
     if (t.dtype() == DType::bf16) {
-      return cuda::check(cudaMemcpy(dst, t.data, n * sizeof(uint16_t), cudaMemcpyHostToDevice), "upload");
+      if (auto s = cuda::check(cudaMemcpy(dst, t.data, n * sizeof(uint16_t), cudaMemcpyHostToDevice), "upload"); !s) {
+        return s;
+      }
+      return landed("upload");
     }
     const cuda::StoredType type = t.dtype() == DType::f16 ? cuda::StoredType::f16 : cuda::StoredType::f32;
     if (t.dtype() != DType::f16 && t.dtype() != DType::f32) {

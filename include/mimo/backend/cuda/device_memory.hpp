@@ -21,6 +21,7 @@ inline Error cuda_error(cudaError_t e, std::string_view what) {
 }
 inline Status check(cudaError_t e, std::string_view what) {
   if (e == cudaSuccess) return ok();
+  (void)cudaGetLastError();  // reported here: not again by the next launch's check
   return cuda_error(e, what);
 }
 
