@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "bench_args.hpp"
+
 namespace {
 
 using mimo::cpu::Isa;
@@ -146,8 +148,8 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) fail(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--threads") o.threads = std::atoi(value().c_str());
-    else if (a == "--reps") o.reps = std::max(3, std::atoi(value().c_str()));
+    if (a == "--threads") o.threads = static_cast<int>(bench::integer("bench_attention", a, value().c_str(), 0, 1024));
+    else if (a == "--reps") o.reps = static_cast<int>(bench::integer("bench_attention", a, value().c_str(), 3, 100000));
     else if (a == "--quick") o.quick = true;
     else if (a == "--isa") {
       const std::string v = value();

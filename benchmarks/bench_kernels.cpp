@@ -20,6 +20,8 @@
 #include <mimo/detail/aligned_buffer.hpp>
 #include <mimo/quant.hpp>
 
+#include "bench_args.hpp"
+
 namespace {
 
 using namespace mimo;
@@ -86,8 +88,8 @@ int main(int argc, char** argv) {
   cpu::Isa isa = cpu::detect_isa();
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else if (a == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
+    if (a == "--threads" && i + 1 < argc) threads = static_cast<int>(bench::integer("bench_kernels", a, argv[++i], 0, 1024));
+    else if (a == "--repeat" && i + 1 < argc) repeat = static_cast<int>(bench::integer("bench_kernels", a, argv[++i], 1, 100000));
     else if (a == "--quick") quick = true;
     else if (a == "--isa" && i + 1 < argc) {
       const std::string name = argv[++i];

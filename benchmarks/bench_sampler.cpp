@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include "bench_args.hpp"
+
 namespace {
 
 constexpr int32_t vocab_size = 151680;
@@ -104,7 +106,7 @@ double measure_assign(const std::vector<float>& logits, int repetitions) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int repetitions = argc > 1 ? std::max(10, std::atoi(argv[1])) : 2000;
+  const int repetitions = argc > 1 ? static_cast<int>(bench::integer("bench_sampler", "the repetition count", argv[1], 10, 10000000)) : 2000;
   const std::vector<float> peaked = make_logits(1, 16);
   const std::vector<float> flat = make_logits(2, 0);
 

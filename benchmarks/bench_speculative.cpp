@@ -32,6 +32,8 @@
 #include <string>
 #include <vector>
 
+#include "bench_args.hpp"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -72,11 +74,11 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--model") model_dir = argv[i + 1];
-    else if (a == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (a == "--prompt") prompt_n = std::atoi(argv[i + 1]);
-    else if (a == "--gen") gen_n = std::atoi(argv[i + 1]);
-    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
-    else if (a == "--draft-vocab") load.draft_vocab = std::atoll(argv[i + 1]);
+    else if (a == "--threads") threads = static_cast<int>(bench::integer("bench_speculative", a, argv[i + 1], 0, 1024));
+    else if (a == "--prompt") prompt_n = static_cast<int>(bench::integer("bench_speculative", a, argv[i + 1], 2, 1 << 20));
+    else if (a == "--gen") gen_n = static_cast<int>(bench::integer("bench_speculative", a, argv[i + 1], 2, 1 << 20));
+    else if (a == "--reps") reps = static_cast<int>(bench::integer("bench_speculative", a, argv[i + 1], 1, 1000));
+    else if (a == "--draft-vocab") load.draft_vocab = bench::integer("bench_speculative", a, argv[i + 1]);
     else if (a == "--draft-head" || a == "--draft-layers") {
       const std::string q = argv[i + 1];
       if (q != "q8" && q != "q4") {

@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "bench_args.hpp"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -140,8 +142,8 @@ std::vector<std::string_view> documents(std::string_view text) {
 
 int main(int argc, char** argv) {
   const std::string path = argc > 1 ? argv[1] : MIMO_SOURCE_DIR "/assets/tokenizer/tokenizer.json";
-  const size_t part_mb = argc > 2 ? static_cast<size_t>(std::atoi(argv[2])) : 2;
-  const int repetitions = argc > 3 ? std::max(1, std::atoi(argv[3])) : 5;
+  const size_t part_mb = argc > 2 ? static_cast<size_t>(bench::integer("bench_tokenizer", "the part size in MB", argv[2], 1, 1024)) : 2;
+  const int repetitions = argc > 3 ? static_cast<int>(bench::integer("bench_tokenizer", "the repetition count", argv[3], 1, 1000)) : 5;
 
   // Load: median of several loads.
   std::vector<double> load_ms, load_cpu_ms;

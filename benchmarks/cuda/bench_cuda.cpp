@@ -23,6 +23,7 @@
 #include <mimo/generate.hpp>
 #include <mimo/speculative.hpp>
 
+#include "../bench_args.hpp"
 #include "graph_decoder.hpp"
 
 namespace {
@@ -34,17 +35,6 @@ double median(std::vector<double> v) {
   if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-std::vector<int64_t> parse_list(const char* s) {
-  std::vector<int64_t> out;
-  for (const char* p = s; *p;) {
-    char* end = nullptr;
-    out.push_back(std::strtoll(p, &end, 10));
-    p = *end == ',' ? end + 1 : end;
-    if (end == p && *p) break;
-  }
-  return out;
 }
 
 [[noreturn]] void die(const std::string& what) {
@@ -144,12 +134,12 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--model") model_dir = next();
-    else if (a == "--prompt") prompt_len = std::atoll(next());
-    else if (a == "--decode") decode = std::atoll(next());
-    else if (a == "--reps") reps = std::max<int64_t>(1, std::atoll(next()));
-    else if (a == "--prefill") prefills = parse_list(next());
-    else if (a == "--depths") depths = parse_list(next());
-    else if (a == "--peak-gbs") peak_gbs = std::atof(next());
+    else if (a == "--prompt") prompt_len = bench::integer("bench_cuda", a, next(), 1);
+    else if (a == "--decode") decode = bench::integer("bench_cuda", a, next(), 1);
+    else if (a == "--reps") reps = bench::integer("bench_cuda", a, next(), 1, 1000);
+    else if (a == "--prefill") prefills = bench::integers("bench_cuda", a, next(), 1);
+    else if (a == "--depths") depths = bench::integers("bench_cuda", a, next(), 1, 7);
+    else if (a == "--peak-gbs") peak_gbs = bench::number("bench_cuda", a, next(), 1.0, 1e6);
     else die("unknown argument " + a + " (see the top of benchmarks/cuda/bench_cuda.cpp)");
   }
   if (model_dir.empty()) die("--model DIR is required");
