@@ -85,27 +85,27 @@ if [ $no_build -eq 1 ]; then
   fi
   say "using the binaries in $build"
 else
-# --- packages: install only what is missing ---
-missing=()
-for p in cmake ninja-build g++ libeigen3-dev libsimdjson-dev doctest-dev; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing: ${missing[*]}"
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"$logs/apt.log" 2>&1; then
-    echo "check.sh: could not install ${missing[*]} (see $logs/apt.log); install them and run again" >&2
-    exit 2
+  # --- packages: install only what is missing ---
+  missing=()
+  for p in cmake ninja-build g++ libeigen3-dev libsimdjson-dev doctest-dev; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"$logs/apt.log" 2>&1; then
+      echo "check.sh: could not install ${missing[*]} (see $logs/apt.log); install them and run again" >&2
+      exit 2
+    fi
   fi
-fi
 
-# --- build: the CUDA targets and the mimo tool only ---
-say "configuring $build (CUDA architecture $arch)"
-run configure cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMIMO_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DMIMO_BUILD_EXAMPLES=OFF
-say "building (-j$jobs)"
-run build cmake --build "$build" --target mimo_cuda_all mimo_cli -j "$jobs"
+  # --- build: the CUDA targets and the mimo tool only ---
+  say "configuring $build (CUDA architecture $arch)"
+  run configure cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMIMO_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="$arch" -DMIMO_BUILD_EXAMPLES=OFF
+  say "building (-j$jobs)"
+  run build cmake --build "$build" --target mimo_cuda_all mimo_cli -j "$jobs"
 fi
 
 # --- tests ---
