@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "support.hpp"
 
@@ -140,19 +141,6 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
   CHECK(bench.out.find("| weights | q4 (groups of 32) |") != std::string::npos);
   CHECK(bench.out.find("| KV cache | i8 |") != std::string::npos);
 
-  // Errors name the option.
-  auto bad_type = run_mimo("quantize --in " + model + " --out " + (dir / "x").string() + " --type q5");
-  CHECK(bad_type.status == 1);
-  CHECK(bad_type.err.find("--type must be q8 or q4") != std::string::npos);
-  auto no_out = run_mimo("quantize --in " + model + " --type q8");
-  CHECK(no_out.status == 1);
-  CHECK(no_out.err.find("--out is required") != std::string::npos);
-  auto bad_kv = run_mimo("generate --kv-cache q3" + run);
-  CHECK(bad_kv.status == 1);
-  CHECK(bad_kv.err.find("--kv-cache must be") != std::string::npos);
-  auto bad_q = run_mimo("generate --quantize q2" + run);
-  CHECK(bad_q.status == 1);
-  CHECK(bad_q.err.find("--quantize must be") != std::string::npos);
   // A quantized draft head drafts differently but emits the same tokens as plain decoding.
   const std::string drafting = " --tokens 9707 -n 16 --greedy --print-ids --quiet";
   auto plain = run_mimo("generate --mtp-depth 0" + drafting);
@@ -164,16 +152,22 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
     REQUIRE_MESSAGE(drafted.status == 0, drafted.err);
     CHECK(last_line(drafted.out) == last_line(plain.out));
   }
-  auto bad_head = run_mimo("generate --draft-head q5" + run);
-  CHECK(bad_head.status == 1);
-  CHECK(bad_head.err.find("--draft-head must be") != std::string::npos);
-  auto bad_layers = run_mimo("generate --draft-layers int4" + run);
-  CHECK(bad_layers.status == 1);
-  CHECK(bad_layers.err.find("--draft-layers must be") != std::string::npos);
-  auto bad_vocab = run_mimo("generate --draft-vocab 200000" + run);
-  CHECK(bad_vocab.status == 1);
-  CHECK(bad_vocab.err.find("draft_vocab 200000 is not in [0, 151680]") != std::string::npos);
-  auto bad_vocab_text = run_mimo("generate --draft-vocab many" + run);
-  CHECK(bad_vocab_text.status == 1);
-  CHECK(bad_vocab_text.err.find("--draft-vocab") != std::string::npos);
+
+  // Errors name the option.
+  const std::pair<std::string, const char*> refusals[] = {
+      {"quantize --in " + model + " --out " + (dir / "x").string() + " --type q5", "--type must be q8 or q4"},
+      {"quantize --in " + model + " --type q8", "--out is required"},
+      {"generate --kv-cache q3" + run, "--kv-cache must be"},
+      {"generate --quantize q2" + run, "--quantize must be"},
+      {"generate --draft-head q5" + run, "--draft-head must be"},
+      {"generate --draft-layers int4" + run, "--draft-layers must be"},
+      {"generate --draft-vocab 200000" + run, "draft_vocab 200000 is not in [0, 151680]"},
+      {"generate --draft-vocab many" + run, "--draft-vocab"},
+  };
+  for (const auto& refusal : refusals) {
+    CAPTURE(refusal.first);
+    auto refused = run_mimo(refusal.first);
+    CHECK(refused.status == 1);
+    CHECK(refused.err.find(refusal.second) != std::string::npos);
+  }
 }

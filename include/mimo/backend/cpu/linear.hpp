@@ -60,7 +60,8 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
   int64_t total_rows = 0;
   for (const auto& j : jobs) total_rows += j.weight->rows;
   const int64_t share = 2 * static_cast<int64_t>(pool.size());
-  auto take_block = [&](std::atomic<int64_t>& next, int64_t& begin, int64_t& end) {
+  std::atomic<int64_t> next{0};
+  auto take_block = [&](int64_t& begin, int64_t& end) {
     begin = next.load(std::memory_order_relaxed);
     for (;;) {
       if (begin >= total_rows) return false;
@@ -69,7 +70,6 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
       if (next.compare_exchange_weak(begin, end, std::memory_order_relaxed)) return true;
     }
   };
-  std::atomic<int64_t> next{0};
   pool.run([&](int t, int) {
     // Quantized weights read the rows quantized to int8 (laid out for their format), fast BF16
     // weights the rows rounded to bf16: prepared once per call and thread (no barrier between
@@ -78,7 +78,7 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
     xq.bind(scratch.quant.data() + t * scratch.quant_per_thread, kMaxMatvecRows, scratch.max_cols);
     uint16_t* x16 = scratch.x16.data() + t * scratch.x16_per_thread;
     bool rounded = false;
-    for (int64_t begin = 0, end = 0; take_block(next, begin, end);) {
+    for (int64_t begin = 0, end = 0; take_block(begin, end);) {
       int64_t offset = 0;
       for (const auto& j : jobs) {
         const int64_t r0 = std::max(begin, offset) - offset, r1 = std::min(end, offset + j.weight->rows) - offset;
