@@ -5,8 +5,10 @@
 // output does not depend on how many rows are computed together.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <thread>
 #include <vector>
@@ -204,7 +206,7 @@ TEST_CASE("matvec: bf16 dot products (fast decode) against double sums of the ro
         const std::vector<float> x = random_vector(rng, static_cast<size_t>(n * ldx));
         std::vector<uint16_t> x16(static_cast<size_t>(n * ld16 + 1), 0xffff);
         uint16_t* x16p = x16.data() + 1;  // misaligned rows
-        mimo::cpu::round_rows_bf16(x.data(), ldx, n, cols, x16p);
+        mimo::cpu::round_rows_bf16(Isa::avx512_bf16, x.data(), ldx, n, cols, x16p);
         for (int i = 0; i < n; ++i) {
           for (int64_t k = cols; k < ld16; ++k) REQUIRE(x16p[i * ld16 + k] == 0);  // the padding the kernel reads
         }
@@ -293,6 +295,80 @@ TEST_CASE("quantize: codes, scales and dequantized values of each format") {
   for (float v : back) CHECK(v == 0.0f);
 }
 
+TEST_CASE("round_rows_bf16: every instruction set writes the scalar form's bits, NaN, infinities and ties too") {
+  std::mt19937 rng(9);
+  for (int64_t cols : {1, 15, 16, 17, 100, 4096}) {
+    const int n = 2;
+    const int64_t ldx = cols + 1, stride = mimo::cpu::bf16_row_stride(cols);
+    std::vector<float> x = random_vector(rng, static_cast<size_t>(n * ldx), 100.0f);
+    const uint32_t special[] = {0x7fc00001u, 0xff800001u, 0x7f800000u, 0xff800000u, 0x3f808000u, 0x3f818000u,
+                                0x7f7fffffu, 0x00000001u, 0x80008000u, 0x3f80ffffu, 0x00000000u, 0x80000000u};
+    for (size_t i = 0; i < std::size(special) && i < x.size(); ++i) std::memcpy(&x[i], &special[i], 4);
+    std::vector<uint16_t> ref(static_cast<size_t>(n * stride), 0xffff);
+    mimo::cpu::round_rows_bf16(Isa::scalar, x.data(), ldx, n, cols, ref.data());
+    for (int64_t k = 0; k < cols; ++k) REQUIRE(ref[k] == mimo::f32_to_bf16(x[k]));
+    for (Isa isa : runnable_isas()) {
+      CAPTURE(mimo::cpu::to_string(isa));
+      CAPTURE(cols);
+      std::vector<uint16_t> out(ref.size(), 0xffff);
+      mimo::cpu::round_rows_bf16(isa, x.data(), ldx, n, cols, out.data());
+      CHECK(out == ref);
+    }
+  }
+}
+
+TEST_CASE("prepare_rows: every instruction set writes the scalar form's bytes, scales and sums") {
+  std::mt19937 rng(5);
+  for (QuantType quant : {QuantType::q8, QuantType::q4}) {
+    for (int64_t group : {32, 64}) {
+      for (int64_t cols : {32, 96, 160, 4096, 11008}) {
+        const int n = 3;
+        const int64_t ldx = cols + 3;
+        std::vector<float> x = random_vector(rng, static_cast<size_t>(n * ldx), 4.0f);
+        // Blocks that test the edges: all zero, one value only, ties at half a step (x * 127 / max
+        // lands on k + 0.5), tiny and huge magnitudes.
+        std::fill(x.begin(), x.begin() + 32, 0.0f);
+        if (cols >= 96) {
+          std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
+          x[40] = -2.5f;
+          for (int k = 0; k < 32; ++k) x[64 + k] = (k == 0 ? 127.0f : static_cast<float>(k % 7) + 0.5f);
+        }
+        for (int64_t k = 0; k < std::min<int64_t>(cols, 32); ++k) x[ldx + k] *= 1e-30f;
+        for (int64_t k = 0; k < std::min<int64_t>(cols, 32); ++k) x[2 * ldx + k] *= 1e30f;
+        mimo::cpu::WeightMatrix w;
+        w.quant = quant;
+        w.group = group;
+        w.cols = cols;
+        QuantScratch ref(cols);
+        mimo::cpu::prepare_rows(Isa::scalar, x.data(), ldx, n, cols, w, ref.rows);
+        const int64_t blocks = cols / 32;
+        for (Isa isa : runnable_isas()) {
+          CAPTURE(mimo::cpu::to_string(isa));
+          CAPTURE(static_cast<int>(quant));
+          CAPTURE(group);
+          CAPTURE(cols);
+          QuantScratch q(cols);
+          mimo::cpu::prepare_rows(isa, x.data(), ldx, n, cols, w, q.rows);
+          const size_t record_bytes = static_cast<size_t>(n * ref.rows.records_per_row * ref.rows.record_bytes());
+          CHECK(std::memcmp(q.rows.records, ref.rows.records, record_bytes) == 0);
+          CHECK(std::memcmp(q.rows.scale, ref.rows.scale, static_cast<size_t>(n * blocks) * sizeof(float)) == 0);
+          if (quant == QuantType::q4) {
+            CHECK(std::memcmp(q.rows.offset_dot, ref.rows.offset_dot, static_cast<size_t>(n * blocks) * 4) == 0);
+            CHECK(std::memcmp(q.rows.group_sum, ref.rows.group_sum, static_cast<size_t>(n * ref.rows.groups) * 4) == 0);
+          }
+          // The codes are the rounded activations: within half a step, and the tie at 0.5 rounds to 0.
+          for (int i = 0; i < n; ++i) {
+            for (int64_t k = 0; k < cols; ++k) {
+              REQUIRE(std::abs(q.rows.value(i, k) - x[i * ldx + k]) <= 0.5001f * q.rows.scale[i * blocks + k / 32]);
+            }
+          }
+          if (cols >= 96) CHECK(q.rows.code(0, 64 + 7) == 0);  // 0.5 * 127 / 127: a tie, to even
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("matvec: quantized weights, every instruction set, format, row count and size") {
   std::mt19937 rng(7);
   for (const Format& f : quant_formats()) {
@@ -318,7 +394,7 @@ TEST_CASE("matvec: quantized weights, every instruction set, format, row count a
             CAPTURE(n);
             CAPTURE(misalign);
             QuantScratch q(cols);
-            mimo::cpu::prepare_rows(xp, ldx, n, cols, s.m, q.rows);
+            mimo::cpu::prepare_rows(isa, xp, ldx, n, cols, s.m, q.rows);
             // The activations as the kernels see them: within half a step of x.
             for (int i = 0; i < n; ++i) {
               for (int64_t k = 0; k < cols; ++k) {
@@ -349,7 +425,7 @@ TEST_CASE("matvec: quantized weights, every instruction set, format, row count a
             mimo::cpu::matvec(isa, s.m, {xp, ldx, n, all.data(), rows, nullptr, false, &q.rows}, 0, rows);
             QuantScratch q1(cols);
             for (int i = 0; i < n; ++i) {
-              mimo::cpu::prepare_rows(xp + i * ldx, ldx, 1, cols, s.m, q1.rows);
+              mimo::cpu::prepare_rows(isa, xp + i * ldx, ldx, 1, cols, s.m, q1.rows);
               mimo::cpu::matvec(isa, s.m, {xp + i * ldx, ldx, 1, one.data(), rows, nullptr, false, &q1.rows}, 0, rows);
               for (int64_t r = 0; r < rows; ++r) REQUIRE(one[r] == all[i * rows + r]);
             }
@@ -419,7 +495,7 @@ void check_linear(int64_t n, int64_t cols, const std::vector<Format>& formats, s
       const bool quantized_decode = s.m.quantized() && n <= mimo::cpu::kMaxMatvecRows;
       const bool fast = n > mimo::cpu::kMaxMatvecRows ? mimo::cpu::gemm_fast(isa, exact, s.m)
                                                       : !exact && mimo::cpu::matvec_fast(isa, s.m);
-      if (quantized_decode) mimo::cpu::prepare_rows(xr.data, xr.stride, static_cast<int>(n), cols, s.m, q.rows);
+      if (quantized_decode) mimo::cpu::prepare_rows(mimo::cpu::Isa::scalar, xr.data, xr.stride, static_cast<int>(n), cols, s.m, q.rows);
       double worst = 0.0;
       for (int64_t i = 0; i < n; ++i) {
         for (int64_t r = 0; r < rows[j]; ++r) {

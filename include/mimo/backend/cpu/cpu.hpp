@@ -51,7 +51,7 @@ struct Cpu {
     bool exact = false;
     cpu::LinearScratch products;
     cpu::AttentionScratch attention;  // per-thread attention memory and split-K partials
-    std::vector<float> rope_table;
+    cpu::RopeTable rope_table;
     cpu::KvType kv_type = cpu::KvType::f32;
   };
 
@@ -168,8 +168,8 @@ struct Cpu {
     }
   }
 
-  static void rms_norm(Context&, const Rows& x, const Vector& w, double eps, const Rows& out) {
-    cpu::rms_norm_rows(x, w.data(), eps, out);
+  static void rms_norm(Context& c, const Rows& x, const Vector& w, double eps, const Rows& out) {
+    cpu::rms_norm_rows(c.isa, c.pool.get(), x, w.data(), eps, out);
   }
 
   static void linear(Context& c, const Rows& x, std::span<const LinearOp> ops) {
@@ -187,7 +187,7 @@ struct Cpu {
     cpu::rope_rows(x, heads, s.head_dim, positions, s.rope_theta, c.rope_table);
   }
 
-  static void silu_mul(Context&, const Rows& gate, const Rows& up) { cpu::silu_mul_rows(gate, up); }
+  static void silu_mul(Context& c, const Rows& gate, const Rows& up) { cpu::silu_mul_rows(c.isa, c.pool.get(), gate, up); }
 
   static void attention(Context& c, KvCache& kv, int64_t layer, int64_t length, const Rows& q, const Rows& k,
                         const Rows& v, const AttentionShape& s, const Rows& out) {

@@ -85,10 +85,10 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
         offset += j.weight->rows;
         if (r0 >= r1) continue;
         const WeightMatrix& w = *j.weight;
-        if (w.quantized() && !xq.prepared_for(w)) prepare_rows(x.data, x.stride, static_cast<int>(n), x.width, w, xq);
+        if (w.quantized() && !xq.prepared_for(w)) prepare_rows(isa, x.data, x.stride, static_cast<int>(n), x.width, w, xq);
         const bool fast = !exact && matvec_fast(isa, w);
         if (fast && !rounded) {
-          round_rows_bf16(x.data, x.stride, static_cast<int>(n), x.width, x16);
+          round_rows_bf16(isa, x.data, x.stride, static_cast<int>(n), x.width, x16);
           rounded = true;
         }
         const MatvecArgs args{x.data,       x.stride, static_cast<int>(n), j.out.data, j.out.stride, j.bias,

@@ -56,12 +56,37 @@ inline bool matvec_fast(Isa isa, const WeightMatrix& w) {
 // same L1 sets, and 3 to 5 of them beside the weight stream verified about a tenth slower.
 constexpr int64_t bf16_row_stride(int64_t cols) { return (cols + 31) / 32 * 32 + 32; }
 
-// Rows of x rounded to bf16 (nearest even), stride bf16_row_stride(cols), zero-padded.
-inline void round_rows_bf16(const float* x, int64_t ldx, int n, int64_t cols, uint16_t* dst) {
+namespace detail {
+#if MIMO_X86
+// f32_to_bf16 over the whole 16-column steps of a row; returns the columns done.
+MIMO_TARGET_AVX512 inline int64_t round_row_bf16_avx512(const float* x, int64_t cols, uint16_t* dst) {
+  int64_t k = 0;
+  for (; k + 16 <= cols; k += 16) {
+    const __m512i bits = _mm512_loadu_si512(x + k);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(0xffff, bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __m512i quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x400000));  // NaNs made quiet
+    const __m512i result = _mm512_maskz_srli_epi32(0xffff, _mm512_mask_blend_epi32(nan, rounded, quiet), 16);
+    // (The masked forms: GCC 12 warns that the plain ones read an "undefined" vector.)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm512_maskz_cvtepi32_epi16(0xffff, result));
+  }
+  return k;
+}
+#endif
+}  // namespace detail
+
+// Rows of x rounded to bf16 (nearest even), stride bf16_row_stride(cols), zero-padded; AVX-512
+// gives the scalar loop's bits (it ran 1.5 us per row of 4096 columns, per product and thread).
+inline void round_rows_bf16(Isa isa, const float* x, int64_t ldx, int n, int64_t cols, uint16_t* dst) {
   const int64_t stride = bf16_row_stride(cols);
   for (int i = 0; i < n; ++i) {
-    for (int64_t k = 0; k < cols; ++k) dst[i * stride + k] = f32_to_bf16(x[i * ldx + k]);
-    for (int64_t k = cols; k < stride; ++k) dst[i * stride + k] = 0;
+    int64_t k = 0;
+#if MIMO_X86
+    if (has_avx512(isa)) k = detail::round_row_bf16_avx512(x + i * ldx, cols, dst + i * stride);
+#endif
+    for (; k < cols; ++k) dst[i * stride + k] = f32_to_bf16(x[i * ldx + k]);
+    for (k = cols; k < stride; ++k) dst[i * stride + k] = 0;
   }
 }
 
