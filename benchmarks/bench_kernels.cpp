@@ -1,6 +1,8 @@
 // CPU product kernels on MiMo-7B shapes: decode (matvec) GB/s per weight format and number of
 // activation rows (1..16), and prefill (GEMM) GFLOP/s per mode and size, medians over
-// repetitions, beside the memory read bandwidth measured in the same run.
+// repetitions, beside the memory read bandwidth measured in the same run; and the per-row work
+// beside the products of one decoding step's layer (one row, on the calling thread), in scalar
+// code and on the chosen instruction set.
 //
 //   bench_kernels [--threads N] [--repeat R] [--isa NAME] [--quick]
 //
@@ -17,6 +19,7 @@
 
 #include <mimo/backend/cpu/bandwidth.hpp>
 #include <mimo/backend/cpu/linear.hpp>
+#include <mimo/backend/cpu/ops.hpp>
 #include <mimo/detail/aligned_buffer.hpp>
 #include <mimo/quant.hpp>
 
@@ -81,6 +84,65 @@ void make(Weights& w, cpu::ThreadPool& pool, int64_t rows, int64_t cols, DType d
 }
 
 }  // namespace
+
+// Microseconds per call (median) of the work a decoding step's layer does beside its products
+// and attention, for one row of the MiMo-7B shape.
+void ops_table(cpu::Isa isa, int repeat) {
+  const int64_t hidden = 4096, inter = 11008;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(inter)), up(x.size()), gate(x.size()), y(x.size()), w(x.size(), 1.0f);
+  for (auto& v : x) v = g(rng);
+  for (auto& v : up) v = g(rng);
+  detail::AlignedBuffer<std::byte> storage;
+  (void)storage.reserve(cpu::QuantizedRows::bytes_for(1, inter), "quantized rows");
+  std::vector<uint16_t> x16(static_cast<size_t>(cpu::bf16_row_stride(inter)));
+  auto time_us = [&](auto&& fn) {
+    std::vector<double> t;
+    for (int r = 0; r < std::max(21, 5 * repeat); ++r) {
+      const auto t0 = Clock::now();
+      fn();
+      t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    }
+    return median(t);
+  };
+  auto quantized = [&](int64_t cols) {
+    cpu::WeightMatrix m;
+    m.quant = QuantType::q4;
+    m.group = 32;
+    m.cols = cols;
+    return m;
+  };
+  const cpu::WeightMatrix q4_hidden = quantized(hidden), q4_inter = quantized(inter);
+  cpu::QuantizedRows rows;
+  rows.bind(storage.data(), 1, inter);
+  cpu::RopeTable table;
+  const std::vector<int64_t> position = {517};
+  std::printf("\nper-row work of one layer's decoding step (us per call, median; the calling thread)\n");
+  std::printf("| op | scalar | %s |\n|---|---|---|\n", std::string(cpu::to_string(isa)).c_str());
+  auto row = [&](const char* name, auto&& fn) {
+    std::printf("| %s | %.2f | %.2f |\n", name, time_us([&] { fn(cpu::Isa::scalar); }), time_us([&] { fn(isa); }));
+  };
+  row("rms_norm, 4096 (twice a layer)", [&](cpu::Isa i) {
+    cpu::rms_norm_rows(i, nullptr, Rows{x.data(), 1, hidden, hidden}, w.data(), 1e-6, Rows{y.data(), 1, hidden, hidden});
+  });
+  row("silu_mul, 11008", [&](cpu::Isa i) {
+    std::copy(x.begin(), x.end(), gate.begin());
+    cpu::silu_mul_rows(i, nullptr, Rows{gate.data(), 1, inter, inter}, Rows{up.data(), 1, inter, inter});
+  });
+  row("q4 activations, 4096 (3 products a layer)", [&](cpu::Isa i) { cpu::prepare_rows(i, x.data(), hidden, 1, hidden, q4_hidden, rows); });
+  row("q4 activations, 11008 (down_proj)", [&](cpu::Isa i) { cpu::prepare_rows(i, x.data(), inter, 1, inter, q4_inter, rows); });
+  row("bf16 activations, 4096", [&](cpu::Isa i) { cpu::round_rows_bf16(i, x.data(), hidden, 1, hidden, x16.data()); });
+  std::printf("| RoPE q and k, table kept | %.2f | |\n", time_us([&] {
+    cpu::rope_rows(Rows{y.data(), 1, hidden, hidden}, 32, 128, position, 640000.0, table);
+    cpu::rope_rows(Rows{y.data(), 1, 1024, 1024}, 8, 128, position, 640000.0, table);
+  }));
+  std::printf("| RoPE q and k, new positions (table computed for q, kept for k) | %.2f | |\n", time_us([&] {
+    cpu::RopeTable fresh;
+    cpu::rope_rows(Rows{y.data(), 1, hidden, hidden}, 32, 128, position, 640000.0, fresh);
+    cpu::rope_rows(Rows{y.data(), 1, 1024, 1024}, 8, 128, position, 640000.0, fresh);
+  }));
+}
 
 int main(int argc, char** argv) {
   int threads = 0, repeat = 9;
@@ -203,5 +265,6 @@ int main(int argc, char** argv) {
   }
   auto bw2 = cpu::measure_read_bandwidth(pool);
   std::printf("read bandwidth at the end: %.1f GB/s\n", bw2 ? *bw2 : 0.0);
+  ops_table(isa, repeat);
   return 0;
 }
