@@ -274,6 +274,51 @@ TEST_CASE("attention: a row's output does not depend on threads, on batching, or
   }
 }
 
+TEST_CASE("attention: decode over runs of segments equals one task per segment, and the reference") {
+  // One KV head and 8701-8709 keys (17 segments): one thread takes runs of 2 segments (the last
+  // run has one), two threads one segment per task, three threads one as well but in another
+  // order. The outputs must be bit-identical, and within the reference's tolerance.
+  const Problem p{1, 4, 32, 8800};
+  const int64_t prefix = 8700;
+  for (Isa isa : runnable_isas()) {
+    for (KvType type : kTypes) {
+      CAPTURE(mimo::cpu::to_string(isa));
+      CAPTURE(mimo::cpu::to_string(type));
+      for (int64_t n : {1, 3, 8}) {
+        CAPTURE(n);
+        std::mt19937 rng(11);
+        HostRows q(n, p.group * p.head_dim), k(n, p.head_dim), v(n, p.head_dim);
+        fill_rows(q, rng, 1.0f, false);
+        fill_rows(k, rng, 1.0f, true);
+        fill_rows(v, rng, 1.0f, false);
+        std::vector<std::vector<float>> results;
+        for (int threads : {1, 2, 3}) {
+          CAPTURE(threads);
+          auto ctx = mimo::Cpu::make_context({.pool = pool_of(threads), .isa = isa, .kv_cache = type}, p.shape(),
+                                             p.capacity, 64);
+          REQUIRE(ctx.has_value());
+          mimo::cpu::KvCache kv;
+          REQUIRE(mimo::Cpu::make_kv_cache(*ctx, kv, 1, p.shape(), p.capacity).has_value());
+          std::mt19937 fill_rng(5);
+          fill_cache(p, kv, 0, prefix, fill_rng);
+          HostRows out(n, q.rows.width);
+          mimo::Cpu::attention(*ctx, kv, 0, prefix, q.rows, k.rows, v.rows, p.shape(), out.rows);
+          std::vector<float> flat;
+          for (int64_t i = 0; i < n; ++i) flat.insert(flat.end(), out.rows.row(i), out.rows.row(i) + out.rows.width);
+          results.push_back(std::move(flat));
+          if (threads == 1) {
+            for (int64_t i : {int64_t{0}, n - 1}) {
+              CHECK(row_error(out.rows.row(i), reference_row(p, kv, 0, q.rows.row(i), prefix + i + 1)) <= 2e-5);
+            }
+          }
+        }
+        CHECK(std::memcmp(results[0].data(), results[1].data(), results[0].size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(results[0].data(), results[2].data(), results[0].size() * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("kv cache: store and read back per type within the type's rounding") {
   const Problem p{3, 1, 40, 50};
   std::mt19937 rng(5);

@@ -11,6 +11,7 @@
 // arrays in memory, and prefill products and attention ran at half speed.
 #pragma once
 
+#include <algorithm>
 #include <string_view>
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -142,6 +143,31 @@ MIMO_TARGET_AVX512 inline float hsum512(__m512 v) {
   const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   const __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));
   return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
+}
+
+// The sum of 8 lanes, lane after lane (the AVX2 kernels' fixed order; once per output row).
+MIMO_TARGET_AVX2 inline float hsum256(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  float s = 0.0f;
+  for (float x : lanes) s += x;
+  return s;
+}
+
+// The largest lane (the scalar comparisons of std::max, in lane order).
+MIMO_TARGET_AVX2 inline float hmax256(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  float x = lanes[0];
+  for (int i = 1; i < 8; ++i) x = std::max(x, lanes[i]);
+  return x;
+}
+MIMO_TARGET_AVX512 inline float hmax512(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float x = lanes[0];
+  for (int i = 1; i < 16; ++i) x = std::max(x, lanes[i]);
+  return x;
 }
 
 }  // namespace detail

@@ -260,14 +260,6 @@ MIMO_UNROLL_TILE
   }
 }
 
-MIMO_TARGET_AVX2 inline float hsum256(__m256 v) {
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, v);
-  float s = 0.0f;
-  for (float x : lanes) s += x;
-  return s;
-}
-
 // Rows [r0, r1), vectors [i0, i0 + N), one row at a time (16 registers).
 template <int N, DType T>
 MIMO_TARGET_AVX2 void matvec_chunk_avx2(const WeightMatrix& w, const MatvecArgs& a, int i0, int64_t r0, int64_t r1) {
