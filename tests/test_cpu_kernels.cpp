@@ -190,8 +190,8 @@ TEST_CASE("matvec: bf16 dot products (fast decode) against double sums of the ro
     return;
   }
   std::mt19937 rng(7);
-  // Three or more vectors, two past 4096 columns and one past 8192 take 2 or 4 weight rows at a
-  // time (rows 37, split at 19: whole groups and single rows left over).
+  // Two or more vectors, and one past 8192 columns, take 2 or 4 weight rows at a time (rows 37,
+  // split at 19: whole groups and single rows left over).
   for (int64_t cols : {1, 2, 7, 31, 32, 33, 63, 64, 65, 100, 257, 4127, 4160, 8240}) {
     const int64_t rows = 37, ld16 = mimo::cpu::bf16_row_stride(cols);
     const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols));

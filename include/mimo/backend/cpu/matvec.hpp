@@ -209,12 +209,14 @@ MIMO_UNROLL_TILE
 
 // How many weight rows a chunk of N vectors takes at a time, measured on the 7B (2 threads, passes
 // of the whole model against a one-token step):
-// - one or two vectors, one row at a time (a single stream per thread measured fastest), except
-//   where their activations crowd L1 (more than 16 KiB: down_proj's 11008 columns take 22 KiB
-//   for one vector, 44 KiB for two): there 4 rows, so that each activation load serves 4 rows.
-//   Products of 12 layers: down_proj of two vectors 0.89-0.96x one vector's time, where one row
-//   at a time took 1.08; all 36 down_proj of one vector 55-65 ms a step instead of 77-79 (4 rows
-//   for every product of one vector measured no faster).
+// - one vector, one row at a time (a single stream per thread measured fastest), except where its
+//   activations crowd L1 (more than 16 KiB: down_proj's 11008 columns take 22 KiB): there 4 rows,
+//   so that each activation load serves 4 rows. All 36 down_proj of one vector 55-65 ms a step
+//   instead of 77-79 (4 rows for every product of one vector measured no faster).
+// - two vectors, 4 rows: the products of 12 layers over 4096 columns (q/k/v, o, gate/up) took
+//   0.94-1.00x one vector's time, where one row at a time took 1.43-1.56x (bf16, alternating in
+//   one process). down_proj already took 4 rows: 1.08-1.16x in the same runs, 0.89-0.96x in
+//   whole-model passes (one row at a time: 1.08).
 // - three vectors, 4 rows (24 accumulators): 1.11-1.17x a step, where chunks of 2 and 1 over
 //   16-row blocks took 1.24-1.45 and 2 rows at a time 1.75 (not understood: the same 2-row tile
 //   took 1.05-1.27x in a benchmark of the products alone).
@@ -227,7 +229,7 @@ MIMO_TARGET_AVX512_BF16 void matvec_chunk_bf16dot(const WeightMatrix& w, const M
   const int64_t ldw = w.row_bytes();
   const uint16_t* x = a.x16 + i0 * a.ldx16;
   int64_t r = r0;
-  if (N >= 3 || N * w.cols * 2 > 16 * 1024) {
+  if (N >= 2 || w.cols * 2 > 16 * 1024) {
     for (; r + R <= r1; r += R) {
       float out[R][N];
       matvec_rows_bf16dot<R, N>(w.data + r * ldw, ldw, w.cols, x, a.ldx16, out);
