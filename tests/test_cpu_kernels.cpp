@@ -190,15 +190,16 @@ TEST_CASE("matvec: bf16 dot products (fast decode) against double sums of the ro
     return;
   }
   std::mt19937 rng(7);
-  // Two or more vectors, and one past 8192 columns, take 2 or 4 weight rows at a time (rows 37,
-  // split at 19: whole groups and single rows left over).
+  // Two or more vectors, and one past 8192 columns, take 4 weight rows at a time (rows 37, split
+  // at 19: whole groups and single rows left over); more than 3 vectors go in chunks of 2 and 3
+  // (4 = 2 + 2, 7 = 3 + 2 + 2) over blocks of 16 rows.
   for (int64_t cols : {1, 2, 7, 31, 32, 33, 63, 64, 65, 100, 257, 4127, 4160, 8240}) {
     const int64_t rows = 37, ld16 = mimo::cpu::bf16_row_stride(cols);
     const std::vector<float> w = random_vector(rng, static_cast<size_t>(rows * cols));
     for (size_t misalign : {0, 2, 6}) {
       const Stored s = store(w, rows, cols, {DType::bf16}, misalign);
       REQUIRE(mimo::cpu::matvec_fast(Isa::avx512_bf16, s.m));
-      for (int n : {1, 2, 3, 5, 8, 9, 16}) {
+      for (int n : {1, 2, 3, 4, 5, 7, 8, 9, 16}) {
         CAPTURE(cols);
         CAPTURE(misalign);
         CAPTURE(n);

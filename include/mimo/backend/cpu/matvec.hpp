@@ -160,7 +160,7 @@ MIMO_UNROLL_TILE
 // its sum. Two accumulators per (row, vector) (alternate steps) keep two chains in flight; the
 // padded tail of x is zero, and the weight tail is read under a mask. Result: the fixed sum of the
 // lanes of acc0 + acc1, whatever R and N are.
-template <int R, int N>
+template <int R, int N, bool Keep>
 MIMO_TARGET_AVX512_BF16 void matvec_rows_bf16dot(const std::byte* w0, int64_t ldw, int64_t cols, const uint16_t* x,
                                                  int64_t ldx, float (&out)[R][N]) {
   const int64_t full = cols / 64 * 64;
@@ -180,8 +180,13 @@ MIMO_UNROLL_TILE
 MIMO_UNROLL_TILE
     for (int j = 0; j < R; ++j) {
       const std::byte* wj = w0 + j * ldw + 2 * k;
-      prefetch_weights(wj + kPrefetchAhead);
-      prefetch_weights(wj + kPrefetchAhead + 64);
+      if constexpr (Keep) {
+        prefetch_weights_kept(wj + kPrefetchAhead);
+        prefetch_weights_kept(wj + kPrefetchAhead + 64);
+      } else {
+        prefetch_weights(wj + kPrefetchAhead);
+        prefetch_weights(wj + kPrefetchAhead + 64);
+      }
       const __m512bh wa = (__m512bh)_mm512_loadu_si512(wj), wb = (__m512bh)_mm512_loadu_si512(wj + 64);
 MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) {
@@ -220,19 +225,19 @@ MIMO_UNROLL_TILE
 // - three vectors, 4 rows (24 accumulators): 1.11-1.17x a step, where chunks of 2 and 1 over
 //   16-row blocks took 1.24-1.45 and 2 rows at a time 1.75 (not understood: the same 2-row tile
 //   took 1.05-1.27x in a benchmark of the products alone).
-// - four vectors, 2 rows (4 rows would spill the accumulators): 1.31-1.36x, where chunks of 2
-//   over 16-row blocks took 1.28-1.59.
-template <int N, DType T>
+// More vectors go in chunks of 2 and 3 (matvec_bf16dot).
+template <int N, bool Keep>
 MIMO_TARGET_AVX512_BF16 void matvec_chunk_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int i0, int64_t r0,
                                                   int64_t r1) {
-  constexpr int R = N == 4 ? 2 : 4;
+  static_assert(N <= 3, "4 rows of more vectors would spill the accumulators");
+  constexpr int R = 4;
   const int64_t ldw = w.row_bytes();
   const uint16_t* x = a.x16 + i0 * a.ldx16;
   int64_t r = r0;
   if (N >= 2 || w.cols * 2 > 16 * 1024) {
     for (; r + R <= r1; r += R) {
       float out[R][N];
-      matvec_rows_bf16dot<R, N>(w.data + r * ldw, ldw, w.cols, x, a.ldx16, out);
+      matvec_rows_bf16dot<R, N, Keep>(w.data + r * ldw, ldw, w.cols, x, a.ldx16, out);
 MIMO_UNROLL_TILE
       for (int j = 0; j < R; ++j) {
 MIMO_UNROLL_TILE
@@ -242,7 +247,7 @@ MIMO_UNROLL_TILE
   }
   for (; r < r1; ++r) {
     float out[1][N];
-    matvec_rows_bf16dot<1, N>(w.data + r * ldw, ldw, w.cols, x, a.ldx16, out);
+    matvec_rows_bf16dot<1, N, Keep>(w.data + r * ldw, ldw, w.cols, x, a.ldx16, out);
 MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) store_output(a, i0 + i, r, out[0][i]);
   }
@@ -315,11 +320,37 @@ MIMO_UNROLL_TILE
     }                                                                                 \
   }
 MIMO_MATVEC_BLOCKS(matvec_avx512, matvec_chunk_avx512, 8)
-// bf16 dot products take up to 4 vectors at a time (see matvec_chunk_bf16dot).
-MIMO_MATVEC_BLOCKS(matvec_bf16dot, matvec_chunk_bf16dot, 4)
 MIMO_MATVEC_BLOCKS(matvec_avx2, matvec_chunk_avx2, 8)
 #undef MIMO_MATVEC_BLOCKS
 #undef MIMO_MATVEC_CHUNKS
+
+// bf16 dot products: the vectors in ceil(n / 3) chunks as even as possible (4 = 2 + 2, 5 = 3 + 2,
+// 8 = 3 + 3 + 2), so that every chunk of several vectors takes 4 weight rows at a time. Several
+// chunks go over blocks of 16 rows, prefetched to stay in cache for the chunks after the first
+// (bench_kernels, 2 threads, a slow phase with a 28 GB/s probe, GB/s for 4 / 5 / 8 / 16 vectors:
+// 18.5-19.1 / 17.4 / 13.1-13.2 / 7.9-8.2, where chunks of 4 (2 rows at a time) and the
+// non-temporal hint gave 15.2 / 7.5-7.9 / 7.1-7.7 / 4.1: the later chunks read the block from
+// memory again; chunks of 4 with the kept hint 14.6-16.4 / 16.0-17.2 / 12.7-13.9 / 8.0-8.7).
+template <bool Keep>
+void matvec_bf16dot_chunks(const WeightMatrix& w, const MatvecArgs& a, int chunks, int64_t r0, int64_t r1) {
+  for (int c = 0, i0 = 0; c < chunks; ++c) {
+    const int size = a.n / chunks + (c < a.n % chunks ? 1 : 0);
+    switch (size) {
+      case 1: matvec_chunk_bf16dot<1, Keep>(w, a, i0, r0, r1); break;
+      case 2: matvec_chunk_bf16dot<2, Keep>(w, a, i0, r0, r1); break;
+      default: matvec_chunk_bf16dot<3, Keep>(w, a, i0, r0, r1); break;
+    }
+    i0 += size;
+  }
+}
+
+template <DType T>
+void matvec_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
+  static_assert(T == DType::bf16);
+  const int chunks = (a.n + 2) / 3;
+  if (chunks == 1) return matvec_bf16dot_chunks<false>(w, a, 1, r0, r1);
+  for (int64_t b0 = r0; b0 < r1; b0 += 16) matvec_bf16dot_chunks<true>(w, a, chunks, b0, std::min(r1, b0 + 16));
+}
 
 #endif  // MIMO_X86
 
