@@ -180,13 +180,8 @@ MIMO_UNROLL_TILE
 MIMO_UNROLL_TILE
     for (int j = 0; j < R; ++j) {
       const std::byte* wj = w0 + j * ldw + 2 * k;
-      if constexpr (Keep) {
-        prefetch_weights_kept(wj + kPrefetchAhead);
-        prefetch_weights_kept(wj + kPrefetchAhead + 64);
-      } else {
-        prefetch_weights(wj + kPrefetchAhead);
-        prefetch_weights(wj + kPrefetchAhead + 64);
-      }
+      prefetch_weights<Keep>(wj + kPrefetchAhead);
+      prefetch_weights<Keep>(wj + kPrefetchAhead + 64);
       const __m512bh wa = (__m512bh)_mm512_loadu_si512(wj), wb = (__m512bh)_mm512_loadu_si512(wj + 64);
 MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) {

@@ -309,7 +309,7 @@ inline constexpr int64_t kScaleChunk = 1024;
 #define MIMO_Q8PAIR_AVX512(one, P, acc)                                                                        \
   {                                                                                                            \
     const int64_t pair_ = (P);                                                                                 \
-    prefetch_weights(row + pair_ * 64 + kPrefetchAhead);                                                       \
+    prefetch_weights<Keep>(row + pair_ * 64 + kPrefetchAhead);                                                 \
     const __m512i codes = one ? _mm512_maskz_loadu_epi64(0x0f, row + pair_ * 64) : _mm512_loadu_si512(row + pair_ * 64); \
     /* -128 * (the sum of each lane's 4 codes): the share of the activations' offset */                        \
     const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),                                              \
@@ -326,7 +326,7 @@ inline constexpr int64_t kScaleChunk = 1024;
 
 // One weight row r times vectors [i0, i0 + N): out[i]. One row at a time streams fastest (two
 // rows 8 KiB apart measured a third slower); the N vectors give N independent FMA chains.
-template <int N>
+template <int N, bool Keep>
 MIMO_TARGET_AVX512_VNNI void q8row_avx512(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i0, float* out) {
   alignas(64) float s[kScaleChunk + 16], groups[kScaleChunk / 2 + 16];  // groups: with 2 blocks or more
   const int shift = group_shift(w);
@@ -361,7 +361,7 @@ MIMO_UNROLL_TILE
 #define MIMO_Q4QUAD_AVX512(tail, Q, acc)                                                                       \
   {                                                                                                            \
     const int64_t quad_ = (Q);                                                                                 \
-    prefetch_weights(row + quad_ * 64 + kPrefetchAhead);                                                       \
+    prefetch_weights<Keep>(row + quad_ * 64 + kPrefetchAhead);                                                 \
     const __m512i packed = tail ? _mm512_maskz_loadu_epi8((1ull << (16 * (tail))) - 1, row + quad_ * 64)       \
                                 : _mm512_loadu_si512(row + quad_ * 64);                                        \
     const __m512i lo = _mm512_and_si512(packed, nibble);                                                       \
@@ -381,7 +381,7 @@ MIMO_UNROLL_TILE
     }                                                                                                          \
   }
 
-template <bool Min, int N>
+template <bool Min, int N, bool Keep>
 MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i0, float* out) {
   // s: per block (whole quads); groups: per group, the scales (then the minimums).
   alignas(64) float s[kScaleChunk + 16], groups[kScaleChunk + 16];
@@ -428,13 +428,13 @@ MIMO_UNROLL_TILE
 #undef MIMO_Q4QUAD_AVX512
 #undef MIMO_VECTOR_STARTS
 
-template <QuantType Q, bool Min, int N, class Store>
+template <QuantType Q, bool Min, int N, bool Keep, class Store>
 MIMO_TARGET_AVX512_VNNI void qchunk_avx512(const WeightMatrix& w, const QuantizedRows& x, int i0, int64_t r0, int64_t r1,
                                            Store& store) {
   for (int64_t r = r0; r < r1; ++r) {
     float out[N];
-    if constexpr (Q == QuantType::q8) q8row_avx512<N>(w, r, x, i0, out);
-    else q4row_avx512<Min, N>(w, r, x, i0, out);
+    if constexpr (Q == QuantType::q8) q8row_avx512<N, Keep>(w, r, x, i0, out);
+    else q4row_avx512<Min, N, Keep>(w, r, x, i0, out);
 MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) store(i0 + i, r, out[i]);
   }
@@ -548,18 +548,21 @@ void matvec_quantized(Isa isa, const WeightMatrix& w, const QuantizedRows& x, in
 #if MIMO_X86
   if (has_avx2(isa)) {
     const bool mins = w.mins != nullptr, q8 = w.quant == QuantType::q8;
-    // Blocks of 16 rows when there are two chunks of vectors: the second reads them from cache.
-    // (Chunks of 2, as the bf16 products take them, measured no faster: these are compute-bound.)
+    // Blocks of 16 rows when there are two chunks of vectors: the second reads them from cache,
+    // where the first chunk's prefetches keep them (bench_kernels, a slow phase, GB/s for 12 and
+    // 16 rows: q8 9.1-9.3 and 6.7-6.9, q4 6.7-6.8 and 5.1-5.2, where the non-temporal hint gave
+    // 6.1-6.3 and 4.9-5.2, 4.6-4.8 and 3.7-3.8). (Chunks of 2, as the bf16 products take them,
+    // measured no faster: these are compute-bound.)
     const int64_t block = x.n > 8 ? 16 : r1 - r0;
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
       const int64_t b1 = std::min(r1, b0 + block);
       for (int i0 = 0; i0 < x.n; i0 += 8) {
         const int n = std::min(8, x.n - i0);
-        auto run = [&]<int N>() {
+        auto run = [&]<int N, bool Keep = false>() {
           if (has_avx512(isa) && has_vnni(isa)) {
-            if (q8) detail::qchunk_avx512<QuantType::q8, false, N>(w, x, i0, b0, b1, store);
-            else if (mins) detail::qchunk_avx512<QuantType::q4, true, N>(w, x, i0, b0, b1, store);
-            else detail::qchunk_avx512<QuantType::q4, false, N>(w, x, i0, b0, b1, store);
+            if (q8) detail::qchunk_avx512<QuantType::q8, false, N, Keep>(w, x, i0, b0, b1, store);
+            else if (mins) detail::qchunk_avx512<QuantType::q4, true, N, Keep>(w, x, i0, b0, b1, store);
+            else detail::qchunk_avx512<QuantType::q4, false, N, Keep>(w, x, i0, b0, b1, store);
           } else if (has_vnni(isa)) {
             if (q8) detail::qchunk_avx2_vnni<QuantType::q8, N>(w, x, i0, b0, b1, store);
             else detail::qchunk_avx2_vnni<QuantType::q4, N>(w, x, i0, b0, b1, store);
@@ -576,7 +579,10 @@ void matvec_quantized(Isa isa, const WeightMatrix& w, const QuantizedRows& x, in
           case 5: run.template operator()<5>(); break;
           case 6: run.template operator()<6>(); break;
           case 7: run.template operator()<7>(); break;
-          default: run.template operator()<8>(); break;
+          default:
+            if (x.n > 8 && i0 == 0) run.template operator()<8, true>();
+            else run.template operator()<8>();
+            break;
         }
       }
     }

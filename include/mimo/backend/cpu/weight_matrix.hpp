@@ -29,10 +29,12 @@ inline constexpr int64_t kPrefetchAhead = 2048;
 // Prefetches the weight line at p, kPrefetchAhead bytes ahead of the stream. Non-temporal: each
 // weight is read once per step. Against T0 (Zen 5, 2 threads, builds alternating), decoding steps
 // of the 7B took bf16 242-246 ms instead of 244-252, q8 157-161 instead of 166-192.
-inline void prefetch_weights(const std::byte* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_NTA); }
-// The same for weights that more chunks of activation rows read next (a block of rows read once
-// per chunk): kept in cache, where the non-temporal hint sent the later chunks back to memory.
-inline void prefetch_weights_kept(const std::byte* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+// Kept (T0) where more chunks of activation rows read the same block of weight rows next: with
+// the non-temporal hint they went back to memory for it.
+template <bool Kept = false>
+inline void prefetch_weights(const std::byte* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p), Kept ? _MM_HINT_T0 : _MM_HINT_NTA);
+}
 #endif
 
 // A row-major [rows, cols] matrix: a view (the memory belongs to the checkpoint or the model).
