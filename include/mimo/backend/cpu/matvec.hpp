@@ -163,6 +163,11 @@ MIMO_UNROLL_TILE
 template <int R, int N, bool Keep>
 MIMO_TARGET_AVX512_BF16 void matvec_rows_bf16dot(const std::byte* w0, int64_t ldw, int64_t cols, const uint16_t* x,
                                                  int64_t ldx, float (&out)[R][N]) {
+  // One stream of one vector (decoding, products over 4096 columns) prefetches 1 KiB ahead: a
+  // decoding step of the bf16 7B took 761-771 ms instead of 860-872 with 2 KiB (a slow phase,
+  // alternating; bench_kernels 18.2-18.5 GB/s instead of 14.3), where 1 KiB slowed the other
+  // kernels (q4 14.5-15.0 instead of 16.6-17.0).
+  constexpr int64_t ahead = R == 1 && N == 1 ? 1024 : kPrefetchAhead;
   const int64_t full = cols / 64 * 64;
   __m512 acc0[R][N], acc1[R][N];
 MIMO_UNROLL_TILE
@@ -180,8 +185,8 @@ MIMO_UNROLL_TILE
 MIMO_UNROLL_TILE
     for (int j = 0; j < R; ++j) {
       const std::byte* wj = w0 + j * ldw + 2 * k;
-      prefetch_weights<Keep>(wj + kPrefetchAhead);
-      prefetch_weights<Keep>(wj + kPrefetchAhead + 64);
+      prefetch_weights<Keep>(wj + ahead);
+      prefetch_weights<Keep>(wj + ahead + 64);
       const __m512bh wa = (__m512bh)_mm512_loadu_si512(wj), wb = (__m512bh)_mm512_loadu_si512(wj + 64);
 MIMO_UNROLL_TILE
       for (int i = 0; i < N; ++i) {
