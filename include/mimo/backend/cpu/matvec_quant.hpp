@@ -7,10 +7,8 @@
 //     128 as unsigned bytes, by the signed codes; the offset's share, 128 times the sum of each
 //     lane's codes, starts the integer accumulator negated;
 //   q4: vpdpbusd (or vpmaddubsw + vpmaddwd) multiplies the codes c in [0, 15] as unsigned bytes
-//     by the signed activations; the symmetric codes' offset, -8 times the block's sum of
-//     activations, starts the block's integer accumulator (exact, and no per-group pass that
-//     cost a fifth of the kernel's time); a group's minimum meets the group's activation sum
-//     once per group, in fp32;
+//     by the signed activations; what the codes' offset adds (a group's minimum, or -8 times its
+//     scale for symmetric codes) meets the group's sum of activations once per group, in fp32;
 //   q8 on AVX2 without VNNI: vpmaddubsw + vpmaddwd with the codes' signs moved onto the
 //     activations, so no pair of products overflows 16 bits;
 //   scalar: the same integers, for other machines and as the tests' reference.
@@ -46,9 +44,8 @@ namespace mimo::cpu {
 // The scales stay apart and compact so that a row of down_proj's 11008 columns (11 KiB of codes)
 // stays in L1 beside the weight stream; spread over the lanes, they doubled that, and the
 // activations were read from L2 at a third less speed.
-// A partial last record is zero past the last block. q4 also keeps, per block, -8 times the sum
-// of its codes (the share of the symmetric codes' offset), and per weight group the sum of scale
-// * (the codes), for the minimums.
+// A partial last record is zero past the last block. q4 also keeps, per weight group, the sum of
+// scale * (the codes), which the codes' offsets multiply.
 struct QuantizedRows {
   static constexpr int64_t kRecord8 = 64, kRecord4 = 128;
   QuantType format = QuantType::none;  // the weights these rows were prepared for
@@ -58,7 +55,6 @@ struct QuantizedRows {
   std::byte* records = nullptr;  // [n][records_per_row]
   float* scale = nullptr;        // [n][blocks] activation scales, and 4 floats of zeros after them
   float* group_sum = nullptr;    // q4: [n][groups] sum over the group's blocks of scale * (sum of codes)
-  int32_t* offset_dot = nullptr; // q4: [n][blocks] -8 * (sum of codes), and 4 zeros after them
 
   int64_t record_bytes() const { return format == QuantType::q4 ? kRecord4 : kRecord8; }
   int64_t blocks_per_record() const { return format == QuantType::q4 ? 4 : 2; }
@@ -80,7 +76,7 @@ struct QuantizedRows {
   static uint64_t bytes_for(int rows, int64_t max_cols) {
     const uint64_t blocks = static_cast<uint64_t>(max_cols + 31) / 32;
     const uint64_t record_bytes = std::max((blocks + 1) / 2 * kRecord8, (blocks + 3) / 4 * kRecord4);
-    return static_cast<uint64_t>(rows) * (record_bytes + blocks * 12) + 32 + 64;
+    return static_cast<uint64_t>(rows) * (record_bytes + blocks * 8) + 16 + 64;
   }
   // Points the arrays into `storage` (bytes_for(rows, max_cols) bytes, 64-byte aligned).
   void bind(std::byte* storage, int rows, int64_t max_cols) {
@@ -89,7 +85,6 @@ struct QuantizedRows {
     records = storage;
     scale = reinterpret_cast<float*>(storage + rows * record_bytes);
     group_sum = scale + rows * b + 4;
-    offset_dot = reinterpret_cast<int32_t*>(group_sum + rows * b);
     n = 0;
   }
 };
@@ -170,7 +165,6 @@ inline void prepare_rows(Isa isa, const float* x, int64_t ldx, int n, int64_t co
   out.groups = q4 ? (blocks + blocks_per_group - 1) / blocks_per_group : 0;
   // Kernels load a record's 2 or 4 scales at once: the last row's may run past its end.
   std::fill(out.scale + n * blocks, out.scale + n * blocks + 4, 0.0f);
-  std::fill(out.offset_dot + n * blocks, out.offset_dot + n * blocks + 4, 0);
   for (int i = 0; i < n; ++i) {
     const float* xi = x + i * ldx;
     if (blocks % per) std::memset(out.records + (i * out.records_per_row + out.records_per_row - 1) * rb, 0, rb);
@@ -188,10 +182,7 @@ inline void prepare_rows(Isa isa, const float* x, int64_t ldx, int n, int64_t co
       else
 #endif
         s = detail::quantize_block_scalar(xi + b * 32, lo, hi, flip, total);
-      if (q4) {
-        out.group_sum[i * out.groups + b / blocks_per_group] += s * static_cast<float>(total);
-        out.offset_dot[i * blocks + b] = -8 * total;
-      }
+      if (q4) out.group_sum[i * out.groups + b / blocks_per_group] += s * static_cast<float>(total);
       out.scale[i * blocks + b] = s;
     }
   }
@@ -223,17 +214,14 @@ inline int32_t block_dot_scalar(const WeightMatrix& w, int64_t r, int64_t b, con
   return acc;
 }
 
-// q4 with minimums: their share in output (row r, vector i), the sum over groups of min * the
-// group's activation sum.
-inline float q4_min_share_scalar(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i) {
+// q4: the share in output (row r, vector i) of the codes' offsets, the sum over groups of the
+// offset times the group's activation sum; the offset is the group's minimum, or for symmetric
+// codes -8 times its scale.
+inline float q4_offset_share_scalar(const WeightMatrix& w, int64_t r, const QuantizedRows& x, int i) {
   float acc = 0.0f;
-  for (int64_t g = 0; g < x.groups; ++g) acc += read_f16(w.row_mins(r), g) * x.group_sum[i * x.groups + g];
-  return acc;
-}
-
-// The integer accumulator's start for block b of vector i: symmetric q4, the codes' offset share.
-inline int32_t block_dot_start(const WeightMatrix& w, const QuantizedRows& x, int i, int64_t b) {
-  return w.quant == QuantType::q4 && !w.mins ? x.offset_dot[i * x.blocks + b] : 0;
+  const std::byte* offsets = w.mins ? w.row_mins(r) : w.row_scales(r);
+  for (int64_t g = 0; g < x.groups; ++g) acc += read_f16(offsets, g) * x.group_sum[i * x.groups + g];
+  return w.mins ? acc : -8.0f * acc;
 }
 
 template <class Store>
@@ -244,10 +232,9 @@ void matvec_quantized_scalar(const WeightMatrix& w, const QuantizedRows& x, int6
       float acc = 0.0f;
       for (int64_t b = 0; b < x.blocks; ++b) {
         const float s = read_f16(w.row_scales(r), b >> shift);
-        const int32_t dot = block_dot_start(w, x, i, b) + block_dot_scalar(w, r, b, x, i);
-        acc += s * x.scale[i * x.blocks + b] * static_cast<float>(dot);
+        acc += s * x.scale[i * x.blocks + b] * static_cast<float>(block_dot_scalar(w, r, b, x, i));
       }
-      store(i, r, w.mins ? acc + q4_min_share_scalar(w, r, x, i) : acc);
+      store(i, r, w.quant == QuantType::q4 ? acc + q4_offset_share_scalar(w, r, x, i) : acc);
     }
   }
 }
@@ -319,7 +306,7 @@ inline constexpr int64_t kScaleChunk = 1024;
     MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
       const __m512i dot = _mm512_dpbusd_epi32(init, _mm512_load_si512(rec[i] + pair_ * 64), codes);            \
       const __m128 xs = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(xsc[i] + 2 * pair_)));      \
-      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs))); \
+      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_castps128_ps512(_mm_mul_ps(ws, xs))); \
       acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
   }
@@ -357,7 +344,7 @@ MIMO_UNROLL_TILE
 // q4: quad Q of blocks (64 bytes of codes) of a row times N vectors, added to acc[0..N); `tail`
 // blocks (1-3) of a partial last quad, or 0. The low nibbles of the 64 bytes are columns 0-15 of
 // each block, the high nibbles columns 16-31, as the activation records are laid out: two
-// vpdpbusd per quad, from the blocks' offset shares in lanes 0, 4, 8 and 12 (symmetric codes).
+// vpdpbusd per quad.
 #define MIMO_Q4QUAD_AVX512(tail, Q, acc)                                                                       \
   {                                                                                                            \
     const int64_t quad_ = (Q);                                                                                 \
@@ -370,13 +357,10 @@ MIMO_UNROLL_TILE
     const __m128 ws = _mm_loadu_ps(s + (4 * quad_ - b0));                                                      \
     MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                             \
       const std::byte* rq = rec[i] + quad_ * 128;                                                              \
-      const __m512i start = Min ? _mm512_setzero_si512()                                                       \
-                                : _mm512_maskz_permutexvar_epi32(0x1111, pick, _mm512_zextsi128_si512(        \
-                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(xoff[i] + 4 * quad_)))); \
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, lo, _mm512_load_si512(rq)), hi,       \
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(rq)), hi, \
                                               _mm512_load_si512(rq + 64));                                     \
       const __m128 xs = _mm_loadu_ps(xsc[i] + 4 * quad_);                                                      \
-      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_zextps128_ps512(_mm_mul_ps(ws, xs))); \
+      const __m512 sc = _mm512_maskz_permutexvar_ps(0xffff, pick, _mm512_castps128_ps512(_mm_mul_ps(ws, xs))); \
       acc[i] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot), sc, acc[i]);                             \
     }                                                                                                          \
   }
@@ -390,13 +374,9 @@ MIMO_TARGET_AVX512_VNNI void q4row_avx512(const WeightMatrix& w, int64_t r, cons
   const __m512i nibble = _mm512_set1_epi8(15);
   const std::byte* row = w.row(r);
   MIMO_VECTOR_STARTS(x, i0, N)
-  const int32_t* xoff[N];
-  __m512 acc[N], acc1[N], min_share[N];  // even and odd quads: two FMA chains
+  __m512 acc[N], acc1[N], offset_share[N];  // even and odd quads: two FMA chains
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) {
-    xoff[i] = x.offset_dot + (i0 + i) * x.blocks;
-    acc[i] = acc1[i] = min_share[i] = _mm512_setzero_ps();
-  }
+  for (int i = 0; i < N; ++i) acc[i] = acc1[i] = offset_share[i] = _mm512_setzero_ps();
   for (int64_t b0 = 0; b0 < x.blocks; b0 += kScaleChunk) {
     const int64_t bc = std::min(kScaleChunk, x.blocks - b0), g0 = b0 >> shift, gc = bc >> shift;
     row_block_scales(w.row_scales(r), b0, bc, shift, groups, s);
@@ -409,21 +389,25 @@ MIMO_UNROLL_TILE
     }
     if (q < q1) MIMO_Q4QUAD_AVX512(0, q, acc)
     if (const int64_t tail = (b0 + bc) & 3; tail != 0) MIMO_Q4QUAD_AVX512(tail, q1, acc1)
-    if constexpr (Min) {  // the minimums' share: per group, min * the activation sum
-      row_group_values_f16c(w.row_mins(r), g0, gc, groups);
+    // The codes' offsets, per group: the minimums, or the scales (times -8 at the end), which
+    // row_block_scales left per group in `groups`, or in `s` for groups of one block. Once per
+    // group instead of starting each block's integer sum from its offset share: a shuffle and a
+    // load fewer per 64 bytes of codes (llvm-mca, Sapphire Rapids: 7 cycles of throughput per two
+    // quads instead of 8), and no array of shares beside the activations.
+    const float* offsets = shift == 0 ? s : groups;
+    if constexpr (Min) row_group_values_f16c(w.row_mins(r), g0, gc, groups), offsets = groups;
 MIMO_UNROLL_TILE
-      for (int i = 0; i < N; ++i) {
-        const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
-        for (int64_t g = 0; g < gc; g += 16) {
-          const __mmask16 lanes = lanes_mask(static_cast<int>(gc - g));
-          const __m512 mins = _mm512_maskz_loadu_ps(lanes, groups + g);
-          min_share[i] = _mm512_fmadd_ps(mins, _mm512_maskz_loadu_ps(lanes, sums + g), min_share[i]);
-        }
+    for (int i = 0; i < N; ++i) {
+      const float* sums = x.group_sum + (i0 + i) * x.groups + g0;
+      for (int64_t g = 0; g < gc; g += 16) {
+        const __mmask16 lanes = lanes_mask(static_cast<int>(gc - g));
+        offset_share[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, offsets + g), _mm512_maskz_loadu_ps(lanes, sums + g),
+                                          offset_share[i]);
       }
     }
   }
 MIMO_UNROLL_TILE
-  for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc[i], acc1[i])) + (Min ? hsum512(min_share[i]) : 0.0f);
+  for (int i = 0; i < N; ++i) out[i] = hsum512(_mm512_add_ps(acc[i], acc1[i])) + (Min ? 1.0f : -8.0f) * hsum512(offset_share[i]);
 }
 #undef MIMO_Q4QUAD_AVX512
 #undef MIMO_VECTOR_STARTS
@@ -505,10 +489,9 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
 // One row at a time (16 registers), vectors [i0, i0 + N). Stamped out for AVX2 and AVX-VNNI
 // (a function's target attribute cannot depend on a template argument).
 #define MIMO_QCHUNK_AVX2(name, target, dot, share)                                                            \
-  template <QuantType Q, int N, class Store>  /* q4 minimums enter through q4_min_share_scalar */          \
+  template <QuantType Q, int N, class Store>  /* q4 offsets enter through q4_offset_share_scalar */       \
   target void name(const WeightMatrix& w, const QuantizedRows& x, int i0, int64_t r0, int64_t r1, Store& store) { \
     const int shift = group_shift(w);                                                                        \
-    const bool symmetric_q4 = Q == QuantType::q4 && !w.mins;                                                 \
     for (int64_t r = r0; r < r1; ++r) {                                                                      \
       __m256 acc[N];                                                                                         \
       MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();                             \
@@ -517,10 +500,7 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
         const __m256i init = share<Q>(codes);                                                                \
         const float ws = read_f16c(w.row_scales(r), b >> shift);                                             \
         MIMO_UNROLL_TILE for (int i = 0; i < N; ++i) {                                                       \
-          const int32_t off = symmetric_q4 ? x.offset_dot[(i0 + i) * x.blocks + b] : 0;                     \
-          /* symmetric q4: the block's offset share in lane 0 */                                             \
-          const __m256i start = symmetric_q4 ? _mm256_setr_epi32(off, 0, 0, 0, 0, 0, 0, 0) : init;         \
-          const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, load_activations32<Q>(x, i0 + i, b), start));   \
+          const __m256 d = _mm256_cvtepi32_ps(dot<Q>(codes, load_activations32<Q>(x, i0 + i, b), init));    \
           acc[i] = _mm256_fmadd_ps(d, _mm256_set1_ps(ws * x.scale[(i0 + i) * x.blocks + b]), acc[i]);        \
         }                                                                                                    \
       }                                                                                                      \
@@ -529,7 +509,7 @@ MIMO_TARGET_AVX2 inline __m256i block_dot_avx2(__m256i codes, __m256i xq, __m256
         _mm256_store_ps(l, acc[i]);                                                                          \
         float v = 0.0f;                                                                                      \
         for (float e : l) v += e;                                                                            \
-        store(i0 + i, r, Q == QuantType::q4 && w.mins ? v + q4_min_share_scalar(w, r, x, i0 + i) : v);      \
+        store(i0 + i, r, Q == QuantType::q4 ? v + q4_offset_share_scalar(w, r, x, i0 + i) : v);             \
       }                                                                                                      \
     }                                                                                                        \
   }
