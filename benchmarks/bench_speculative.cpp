@@ -2,7 +2,7 @@
 // (`mimo synth --preset 7b`).
 //
 //   bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4]
-//                     [--draft-layers q8|q4] [--draft-vocab N]
+//                     [--draft-layers q8|q4] [--draft-vocab N] [--prefetch nta|t0]
 //
 // steps     the time of one decoding step (one token through the main model) at a context of
 //           `prompt` tokens; the time of one verification pass over 2..5 tokens relative to it
@@ -12,7 +12,8 @@
 //           neighbours); each pass is rolled back afterwards, so every one sees the same context.
 //           --draft-head: the MTP step's logits through a quantized copy of lm_head; --draft-layers:
 //           the MTP layers quantized while loading; --draft-vocab: drafts from the first N token
-//           ids only (LoadOptions).
+//           ids only (LoadOptions); --prefetch: the hint for the streamed weights (default: the
+//           CPU's, cpu::default_weight_prefetch).
 // replay    end-to-end greedy decoding of `gen` tokens: plain, then with a ReplayDrafter that
 //           proposes the plain run's own continuation, right with probability 100%, 90% and 70%,
 //           at depths 1 to 3 (random weights accept almost nothing from the real MTP layer, so
@@ -71,6 +72,7 @@ int main(int argc, char** argv) {
   std::string model_dir;
   int threads = 2, prompt_n = 64, gen_n = 32, reps = 5;
   mimo::LoadOptions load;
+  mimo::cpu::WeightPrefetch prefetch = mimo::cpu::default_weight_prefetch();
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--model") model_dir = argv[i + 1];
@@ -79,7 +81,9 @@ int main(int argc, char** argv) {
     else if (a == "--gen") gen_n = static_cast<int>(bench::integer("bench_speculative", a, argv[i + 1], 2, 1 << 20));
     else if (a == "--reps") reps = static_cast<int>(bench::integer("bench_speculative", a, argv[i + 1], 1, 1000));
     else if (a == "--draft-vocab") load.draft_vocab = bench::integer("bench_speculative", a, argv[i + 1]);
-    else if (a == "--draft-head" || a == "--draft-layers") {
+    else if (a == "--prefetch" && (std::string(argv[i + 1]) == "nta" || std::string(argv[i + 1]) == "t0")) {
+      prefetch = std::string(argv[i + 1]) == "t0" ? mimo::cpu::WeightPrefetch::t0 : mimo::cpu::WeightPrefetch::non_temporal;
+    } else if (a == "--draft-head" || a == "--draft-layers") {
       const std::string q = argv[i + 1];
       if (q != "q8" && q != "q4") {
         std::fprintf(stderr, "bench_speculative: %s must be q8 or q4, not '%s'\n", a.c_str(), q.c_str());
@@ -92,13 +96,13 @@ int main(int argc, char** argv) {
     }
   }
   if (model_dir.empty() || prompt_n < 2 || gen_n < 2 || reps < 1 || threads < 0) {
-    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4] [--draft-layers q8|q4] [--draft-vocab N]\n");
+    std::fprintf(stderr, "usage: bench_speculative --model DIR [--threads N] [--prompt 64] [--gen 32] [--reps 5] [--draft-head q8|q4] [--draft-layers q8|q4] [--draft-vocab N] [--prefetch nta|t0]\n");
     return 2;
   }
 
   auto model = take(mimo::Model<Cpu>::load(model_dir, load), "load " + model_dir);
   const int32_t V = static_cast<int32_t>(model.config().vocab_size);
-  auto session = take(model.new_session({.context = prompt_n + 8 * gen_n + 16, .backend = {.threads = threads}}), "session");
+  auto session = take(model.new_session({.context = prompt_n + 8 * gen_n + 16, .backend = {.threads = threads, .weight_prefetch = prefetch}}), "session");
   std::mt19937 rng(42);
   std::vector<int32_t> prompt(static_cast<size_t>(prompt_n));
   for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(std::min(V, 151643)));
@@ -129,8 +133,9 @@ int main(int argc, char** argv) {
     }
   }
   const double step = median(steps);
-  std::printf("## Steps (%s, %d threads, context %lld, medians of %d interleaved repetitions)\n\n", model_dir.c_str(),
-              threads, static_cast<long long>(P), reps);
+  std::printf("## Steps (%s, %d threads, context %lld, weight prefetch %s, medians of %d interleaved repetitions)\n\n",
+              model_dir.c_str(), threads, static_cast<long long>(P),
+              prefetch == mimo::cpu::WeightPrefetch::t0 ? "t0" : "nta", reps);
   std::printf("| pass | ms | relative to one decoding step |\n|---|---|---|\n");
   std::printf("| decode, 1 token | %.1f | 1.00 |\n", 1e3 * step);
   for (int rows = 2; rows <= 5; ++rows) {

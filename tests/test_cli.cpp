@@ -136,10 +136,17 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
     auto r = run_mimo(std::string("generate --kv-cache ") + kv + run);
     CHECK_MESSAGE(r.status == 0, kv, ": ", r.err);
   }
-  auto bench = run_mimo("bench --model " + q4 + " --prompt 8 --gen 4 --repeat 1 --threads 1 --kv-cache i8");
+  // The prefetch hint changes the speed only.
+  for (const char* hint : {"nta", "t0"}) {
+    auto r = run_mimo("generate --model " + q4 + " --prefetch " + hint + run);
+    REQUIRE_MESSAGE(r.status == 0, hint, ": ", r.err);
+    CHECK(last_line(r.out) == last_line(from_file.out));
+  }
+  auto bench = run_mimo("bench --model " + q4 + " --prompt 8 --gen 4 --repeat 1 --threads 1 --kv-cache i8 --prefetch nta");
   REQUIRE_MESSAGE(bench.status == 0, bench.err);
   CHECK(bench.out.find("| weights | q4 (groups of 32) |") != std::string::npos);
   CHECK(bench.out.find("| KV cache | i8 |") != std::string::npos);
+  CHECK(bench.out.find("| weight prefetch hint | nta |") != std::string::npos);
 
   // A quantized draft head drafts differently but emits the same tokens as plain decoding.
   const std::string drafting = " --tokens 9707 -n 16 --greedy --print-ids --quiet";
@@ -158,6 +165,7 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
       {"quantize --in " + model + " --out " + (dir / "x").string() + " --type q5", "--type must be q8 or q4"},
       {"quantize --in " + model + " --type q8", "--out is required"},
       {"generate --kv-cache q3" + run, "--kv-cache must be"},
+      {"generate --prefetch t1" + run, "--prefetch must be nta or t0"},
       {"generate --quantize q2" + run, "--quantize must be"},
       {"generate --draft-head q5" + run, "--draft-head must be"},
       {"generate --draft-layers int4" + run, "--draft-layers must be"},

@@ -23,6 +23,7 @@ namespace {
 using mimo::DType;
 using mimo::QuantType;
 using mimo::cpu::Isa;
+constexpr mimo::cpu::WeightPrefetch t0 = mimo::cpu::WeightPrefetch::t0;
 
 std::vector<Isa> runnable_isas() {
   std::vector<Isa> out;
@@ -172,6 +173,10 @@ TEST_CASE("matvec: float weights, every instruction set, dtype, row count and si
             // Each row alone gives bit for bit what it gave among n rows.
             std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
             mimo::cpu::matvec(isa, s.m, {xp, ldx, n, all.data(), rows, bias.data(), false}, 0, rows);
+            // The prefetch hint changes the speed only.
+            std::vector<float> hinted(all.size());
+            mimo::cpu::matvec(isa, s.m, {xp, ldx, n, hinted.data(), rows, bias.data(), false, nullptr, nullptr, 0, t0}, 0, rows);
+            CHECK(hinted == all);
             for (int i = 0; i < n; ++i) {
               mimo::cpu::matvec(isa, s.m, {xp + i * ldx, ldx, 1, one.data(), rows, bias.data(), false}, 3, rows);
               mimo::cpu::matvec(isa, s.m, {xp + i * ldx, ldx, 1, one.data(), rows, bias.data(), false}, 0, 3);
@@ -229,6 +234,11 @@ TEST_CASE("matvec: bf16 dot products (fast decode) against double sums of the ro
           }
         }
         CHECK(worst < 1e-5 * static_cast<double>(cols));
+        // The prefetch hint changes the speed only.
+        std::vector<float> hinted(y.size());
+        mimo::cpu::matvec(Isa::avx512_bf16, s.m,
+                          {zeros.data(), ldx, n, hinted.data(), rows, bias.data(), false, nullptr, x16p, ld16, t0}, 0, rows);
+        CHECK(hinted == y);
         // Each row alone gives bit for bit what it gave among n rows (verification = decoding).
         std::vector<float> one(static_cast<size_t>(rows));
         for (int i = 0; i < n; ++i) {
@@ -423,6 +433,10 @@ TEST_CASE("matvec: quantized weights, every instruction set, format, row count a
             // Each row alone gives bit for bit what it gave among n rows.
             std::vector<float> all(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
             mimo::cpu::matvec(isa, s.m, {xp, ldx, n, all.data(), rows, nullptr, false, &q.rows}, 0, rows);
+            // The prefetch hint changes the speed only.
+            std::vector<float> hinted(all.size());
+            mimo::cpu::matvec(isa, s.m, {xp, ldx, n, hinted.data(), rows, nullptr, false, &q.rows, nullptr, 0, t0}, 0, rows);
+            CHECK(hinted == all);
             QuantScratch q1(cols);
             for (int i = 0; i < n; ++i) {
               mimo::cpu::prepare_rows(isa, xp + i * ldx, ldx, 1, cols, s.m, q1.rows);

@@ -1,5 +1,6 @@
 // mimo bench --model DIR [--prompt 512] [--gen 64] [--threads N] [--mtp-depth D] [--repeat R]
 //            [--quantize {q8,q4}] [--kv-cache {f32,f16,bf16,i8}] [--draft-head {q8,q4}] [--draft-layers {q8,q4}] [--draft-vocab N] [--exact]
+//            [--prefetch {nta,t0}]
 //
 // Prefill and decode speed on the CPU (medians over repetitions), the bytes of weights one
 // decoding step reads, the bandwidth that achieves and its fraction of the read bandwidth
@@ -56,7 +57,7 @@ double peak_rss_gib() {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
-  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab"},
+  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab", "prefetch"},
                                {"exact"});
   if (!args) return cli::fail("bench", args.error());
   auto prompt_n = args->get_int("prompt", 512);
@@ -81,6 +82,8 @@ int cmd_bench(int argc, char** argv) {
   if (!load) return cli::fail("bench", load.error());
   auto kv = cli::kv_cache_type(*args);
   if (!kv) return cli::fail("bench", kv.error());
+  auto prefetch = cli::weight_prefetch(*args);
+  if (!prefetch) return cli::fail("bench", prefetch.error());
   auto model = Model<Cpu>::load(dir, *load);
   if (!model) return cli::fail("bench", model.error());
   const double load_seconds = std::chrono::duration<double>(Clock::now() - load_start).count();
@@ -106,7 +109,8 @@ int cmd_bench(int argc, char** argv) {
 
   const int64_t context = *prompt_n + *gen_n + 8;
   auto session = model->new_session(
-      {.context = context, .backend = {.pool = *pool, .exact = args->flag("exact"), .kv_cache = *kv}});
+      {.context = context,
+       .backend = {.pool = *pool, .exact = args->flag("exact"), .kv_cache = *kv, .weight_prefetch = *prefetch}});
   if (!session) return cli::fail("bench", session.error());
   std::mt19937 rng(1234);
   std::vector<int32_t> prompt(static_cast<size_t>(*prompt_n));
@@ -140,6 +144,7 @@ int cmd_bench(int argc, char** argv) {
   std::printf("| weights | %s |\n", weights_kind(model->tensors()).c_str());
   std::printf("| KV cache | %s%s |\n", std::string(cpu::to_string(*kv)).c_str(),
               args->flag("exact") ? ", exact (fp32) prefill" : "");
+  std::printf("| weight prefetch hint | %s |\n", cli::to_string(*prefetch));
   std::printf("| load | %.2f s |\n", load_seconds);
   std::printf("| prefill (%lld tokens) | %.2f tokens/s |\n", static_cast<long long>(*prompt_n), median(prefill_rates));
   std::printf("| decode (%lld tokens, MTP depth %lld) | %.2f tokens/s |\n", static_cast<long long>(*gen_n),

@@ -24,7 +24,7 @@ namespace mimo::cli {
 
 // Options every model-running command accepts.
 inline std::set<std::string> model_options() {
-  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab"};
+  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab", "prefetch"};
 }
 inline std::set<std::string> sampling_options() {
   return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
@@ -112,6 +112,17 @@ inline Expected<cpu::KvType> kv_cache_type(const Args& args) {
   return Error(Errc::invalid_argument, "--kv-cache must be f32, f16, bf16 or i8, not '" + t + "'");
 }
 
+// --prefetch {nta,t0} (CPU backend): the hint for the weights decoding streams (default: what this
+// CPU's vendor measured faster, cpu::default_weight_prefetch).
+inline Expected<cpu::WeightPrefetch> weight_prefetch(const Args& args) {
+  if (!args.has("prefetch")) return cpu::default_weight_prefetch();
+  const std::string t = args.get("prefetch", "");
+  if (t == "nta") return cpu::WeightPrefetch::non_temporal;
+  if (t == "t0") return cpu::WeightPrefetch::t0;
+  return Error(Errc::invalid_argument, "--prefetch must be nta or t0, not '" + t + "'");
+}
+inline const char* to_string(cpu::WeightPrefetch p) { return p == cpu::WeightPrefetch::t0 ? "t0" : "nta"; }
+
 // The backend's execution options from the command line (specialised per backend).
 template <class B>
 Expected<typename B::ContextOptions> context_options(const Args& args);
@@ -123,7 +134,9 @@ inline Expected<Cpu::ContextOptions> context_options<Cpu>(const Args& args) {
   if (*threads < 0 || *threads > 1024) return Error(Errc::invalid_argument, "--threads must be in [0, 1024]");
   auto kv = kv_cache_type(args);
   if (!kv) return std::move(kv).error();
-  return Cpu::ContextOptions{.threads = static_cast<int>(*threads), .kv_cache = *kv};
+  auto prefetch = weight_prefetch(args);
+  if (!prefetch) return std::move(prefetch).error();
+  return Cpu::ContextOptions{.threads = static_cast<int>(*threads), .kv_cache = *kv, .weight_prefetch = *prefetch};
 }
 
 inline void print_stats(const GenerationStats& s) {

@@ -35,6 +35,9 @@ struct Cpu {
                                              // bf16 dot products where the CPU has them, activations
                                              // rounded to bf16; matvec.hpp, gemm.hpp)
     cpu::KvType kv_cache = cpu::KvType::f16;  // element type of the KV caches (kv_cache.hpp; f32 is exact)
+    // The prefetch hint for weights that decoding streams once per step (weight_matrix.hpp): the
+    // default is what this CPU's vendor measured faster.
+    cpu::WeightPrefetch weight_prefetch = cpu::default_weight_prefetch();
   };
 
   using Linear = cpu::WeightMatrix;
@@ -102,6 +105,7 @@ struct Cpu {
     c.isa = cpu::isa_supported(o.isa) ? o.isa : cpu::detect_isa();
     c.exact = o.exact;
     c.kv_type = o.kv_cache;
+    c.products.prefetch = o.weight_prefetch;
     if (auto s = c.products.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
     if (!cpu::valid_kv_type(o.kv_cache)) {
       return Error(Errc::invalid_argument,
@@ -113,7 +117,8 @@ struct Cpu {
 
   // Options for another context that shares this one's threads (a copied session).
   static ContextOptions shared_context_options(const Context& c) {
-    return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .exact = c.exact, .kv_cache = c.kv_type};
+    return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .exact = c.exact, .kv_cache = c.kv_type,
+                          .weight_prefetch = c.products.prefetch};
   }
 
   // A cache of the context's type (ContextOptions::kv_cache), or of an explicit type.

@@ -30,6 +30,7 @@ struct LinearScratch {
   uint64_t quant_per_thread = 0;
   int64_t x16_per_thread = 0;
   int64_t max_cols = 0;
+  WeightPrefetch prefetch = default_weight_prefetch();  // how the decode kernels stream the weights
 
   Status reserve(int threads, int64_t cols) {
     max_cols = cols;
@@ -92,7 +93,8 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
           rounded = true;
         }
         const MatvecArgs args{x.data,       x.stride, static_cast<int>(n), j.out.data, j.out.stride, j.bias,
-                              j.accumulate, &xq,      fast ? x16 : nullptr, bf16_row_stride(x.width)};
+                              j.accumulate, &xq,      fast ? x16 : nullptr, bf16_row_stride(x.width),
+                              scratch.prefetch};
         matvec(isa, w, args, r0, r1);
       }
     }

@@ -44,6 +44,7 @@ struct MatvecArgs {
   const QuantizedRows* xq = nullptr;  // quantized weights: x prepared by prepare_rows for W's format
   const uint16_t* x16 = nullptr;      // or null: x rounded to bf16 (round_rows_bf16), for matvec_fast weights
   int64_t ldx16 = 0;                  // a multiple of 32 elements, zero past W.cols
+  WeightPrefetch prefetch = WeightPrefetch::non_temporal;  // the hint for weights streamed once
 };
 
 // Whether matvec uses bf16 dot products for w when given rounded activations.
@@ -116,7 +117,7 @@ inline void matvec_scalar(const WeightMatrix& w, const MatvecArgs& a, int64_t r0
 // the others) so that one vector still has two independent FMA chains; lane l of each sums its
 // columns in increasing order, masked steps cover a partial tail, and the result is the fixed
 // sum of the lanes of acc0 + acc1.
-template <int N, DType T>
+template <int N, DType T, bool Keep>
 MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, const float* x, int64_t ldx, float* out) {
   constexpr int64_t esize = static_cast<int64_t>(dtype_size(T));
   const int64_t full = cols / 32 * 32;
@@ -124,8 +125,8 @@ MIMO_TARGET_AVX512 void matvec_row_avx512(const std::byte* w0, int64_t cols, con
 MIMO_UNROLL_TILE
   for (int i = 0; i < N; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < full; k += 32) {
-    prefetch_weights(w0 + k * esize + kPrefetchAhead);
-    if constexpr (esize > 2) prefetch_weights(w0 + k * esize + kPrefetchAhead + 64);
+    prefetch_weights<Keep>(w0 + k * esize + kPrefetchAhead);
+    if constexpr (esize > 2) prefetch_weights<Keep>(w0 + k * esize + kPrefetchAhead + 64);
     const __m512 wa = load16(w0 + k * esize, T, 0xffff), wb = load16(w0 + (k + 16) * esize, T, 0xffff);
 MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) {
@@ -259,9 +260,11 @@ template <int N, DType T>
 MIMO_TARGET_AVX512 void matvec_chunk_avx512(const WeightMatrix& w, const MatvecArgs& a, int i0, int64_t r0, int64_t r1) {
   const int64_t ldw = w.row_bytes();
   const float* x = a.x + i0 * a.ldx;
+  const bool t0 = a.prefetch == WeightPrefetch::t0;
   for (int64_t r = r0; r < r1; ++r) {
     float out[N];
-    matvec_row_avx512<N, T>(w.data + r * ldw, w.cols, x, a.ldx, out);
+    if (t0) matvec_row_avx512<N, T, true>(w.data + r * ldw, w.cols, x, a.ldx, out);
+    else matvec_row_avx512<N, T, false>(w.data + r * ldw, w.cols, x, a.ldx, out);
 MIMO_UNROLL_TILE
     for (int i = 0; i < N; ++i) store_output(a, i0 + i, r, out[i]);
   }
@@ -344,11 +347,12 @@ void matvec_bf16dot_chunks(const WeightMatrix& w, const MatvecArgs& a, int chunk
   }
 }
 
-template <DType T>
-void matvec_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
-  static_assert(T == DType::bf16);
+inline void matvec_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
   const int chunks = (a.n + 2) / 3;
-  if (chunks == 1) return matvec_bf16dot_chunks<false>(w, a, 1, r0, r1);
+  if (chunks == 1) {
+    if (a.prefetch == WeightPrefetch::t0) return matvec_bf16dot_chunks<true>(w, a, 1, r0, r1);
+    return matvec_bf16dot_chunks<false>(w, a, 1, r0, r1);
+  }
   for (int64_t b0 = r0; b0 < r1; b0 += 16) matvec_bf16dot_chunks<true>(w, a, chunks, b0, std::min(r1, b0 + 16));
 }
 
@@ -360,11 +364,12 @@ void matvec_bf16dot(const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int6
 // products when a.x16 is given and matvec_fast(isa, w).
 inline void matvec(Isa isa, const WeightMatrix& w, const MatvecArgs& a, int64_t r0, int64_t r1) {
   if (w.quantized()) {
-    matvec_quantized(isa, w, *a.xq, r0, r1, [&](int i, int64_t r, float dot) { detail::store_output(a, i, r, dot); });
+    matvec_quantized(isa, w, *a.xq, r0, r1, [&](int i, int64_t r, float dot) { detail::store_output(a, i, r, dot); },
+                     a.prefetch);
     return;
   }
 #if MIMO_X86
-  if (a.x16 && matvec_fast(isa, w)) return detail::matvec_bf16dot<DType::bf16>(w, a, r0, r1);
+  if (a.x16 && matvec_fast(isa, w)) return detail::matvec_bf16dot(w, a, r0, r1);
   if (has_avx512(isa)) {
     switch (w.dtype) {
       case DType::bf16: return detail::matvec_avx512<DType::bf16>(w, a, r0, r1);

@@ -524,7 +524,8 @@ MIMO_QCHUNK_AVX2(qchunk_avx2, MIMO_TARGET_AVX2, block_dot_avx2, offset_share_avx
 // Columns [r0, r1) of the n rows of x W^T for quantized W, x prepared by prepare_rows for this
 // isa and format; store(i, r, value) receives each output.
 template <class Store>
-void matvec_quantized(Isa isa, const WeightMatrix& w, const QuantizedRows& x, int64_t r0, int64_t r1, Store&& store) {
+void matvec_quantized(Isa isa, const WeightMatrix& w, const QuantizedRows& x, int64_t r0, int64_t r1, Store&& store,
+                      WeightPrefetch prefetch = WeightPrefetch::non_temporal) {
 #if MIMO_X86
   if (has_avx2(isa)) {
     const bool mins = w.mins != nullptr, q8 = w.quant == QuantType::q8;
@@ -538,7 +539,7 @@ void matvec_quantized(Isa isa, const WeightMatrix& w, const QuantizedRows& x, in
       const int64_t b1 = std::min(r1, b0 + block);
       for (int i0 = 0; i0 < x.n; i0 += 8) {
         const int n = std::min(8, x.n - i0);
-        auto run = [&]<int N, bool Keep = false>() {
+        auto run = [&]<int N, bool Keep>() {
           if (has_avx512(isa) && has_vnni(isa)) {
             if (q8) detail::qchunk_avx512<QuantType::q8, false, N, Keep>(w, x, i0, b0, b1, store);
             else if (mins) detail::qchunk_avx512<QuantType::q4, true, N, Keep>(w, x, i0, b0, b1, store);
@@ -551,18 +552,20 @@ void matvec_quantized(Isa isa, const WeightMatrix& w, const QuantizedRows& x, in
             else detail::qchunk_avx2<QuantType::q4, N>(w, x, i0, b0, b1, store);
           }
         };
+        const bool keep = prefetch == WeightPrefetch::t0 || (x.n > 8 && i0 == 0);
+        auto hinted = [&]<int N>() {
+          if (keep) run.template operator()<N, true>();
+          else run.template operator()<N, false>();
+        };
         switch (n) {
-          case 1: run.template operator()<1>(); break;
-          case 2: run.template operator()<2>(); break;
-          case 3: run.template operator()<3>(); break;
-          case 4: run.template operator()<4>(); break;
-          case 5: run.template operator()<5>(); break;
-          case 6: run.template operator()<6>(); break;
-          case 7: run.template operator()<7>(); break;
-          default:
-            if (x.n > 8 && i0 == 0) run.template operator()<8, true>();
-            else run.template operator()<8>();
-            break;
+          case 1: hinted.template operator()<1>(); break;
+          case 2: hinted.template operator()<2>(); break;
+          case 3: hinted.template operator()<3>(); break;
+          case 4: hinted.template operator()<4>(); break;
+          case 5: hinted.template operator()<5>(); break;
+          case 6: hinted.template operator()<6>(); break;
+          case 7: hinted.template operator()<7>(); break;
+          default: hinted.template operator()<8>(); break;
         }
       }
     }

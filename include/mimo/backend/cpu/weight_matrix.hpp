@@ -25,12 +25,33 @@ namespace mimo::cpu {
 // 25.8 GB/s, 4 rows 10.2 -> 21.0 on one thread of a Zen 5 with 2 KiB).
 inline constexpr int64_t kPrefetchAhead = 2048;
 
+// The hint the decode kernels prefetch the weights they stream with. Each weight is read once per
+// step, and CPUs disagree on what suits that (2 threads, whole decoding steps of the 7B, builds
+// alternating):
+//   non_temporal: on AMD Zen 5, bf16 242-246 ms instead of 244-252 with T0, q8 157-161 instead
+//     of 166-192;
+//   t0: on an Intel Xeon with AVX512_BF16 (260 MiB of L3), bf16 472-476 ms instead of 728-730 with
+//     the non-temporal hint, q4 153-155 instead of 200-201: that hint left each thread's stream at
+//     two thirds of the memory's speed.
+// Where more chunks of activation rows read the same block of weight rows next, the kernels use
+// T0 whatever this says: with the non-temporal hint the later chunks went back to memory.
+enum class WeightPrefetch { non_temporal, t0 };
+
+// What this machine's vendor measured faster: the non-temporal hint on AMD (and Hygon), T0 elsewhere.
+inline WeightPrefetch default_weight_prefetch() {
 #if MIMO_X86
-// Prefetches the weight line at p, kPrefetchAhead bytes ahead of the stream. Non-temporal: each
-// weight is read once per step. Against T0 (Zen 5, 2 threads, builds alternating), decoding steps
-// of the 7B took bf16 242-246 ms instead of 244-252, q8 157-161 instead of 166-192.
-// Kept (T0) where more chunks of activation rows read the same block of weight rows next: with
-// the non-temporal hint they went back to memory for it.
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(0, &a, &b, &c, &d)) {
+    // The vendor string "AuthenticAMD" / "HygonGenuine": b holds its first four letters.
+    if (b == 0x68747541u /* Auth */ || b == 0x6f677948u /* Hygo */) return WeightPrefetch::non_temporal;
+  }
+#endif
+  return WeightPrefetch::t0;
+}
+
+#if MIMO_X86
+// Prefetches the weight line at p (kPrefetchAhead bytes ahead of the stream): with T0 if Kept,
+// else non-temporal.
 template <bool Kept = false>
 inline void prefetch_weights(const std::byte* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p), Kept ? _MM_HINT_T0 : _MM_HINT_NTA);
