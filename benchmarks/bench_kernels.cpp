@@ -4,10 +4,12 @@
 // beside the products of one decoding step's layer (one row, on the calling thread), in scalar
 // code and on the chosen instruction set.
 //
-//   bench_kernels [--threads N] [--repeat R] [--isa NAME] [--quick]
+//   bench_kernels [--threads N] [--repeat R] [--isa NAME] [--prefetch nta|t0] [--quick]
 //
-// Weights are random (values do not change the speed), in 2 MiB pages, and larger than the
-// last-level cache, so every decode pass streams them from memory.
+// Weights are random (values do not change the speed), in 2 MiB pages, and the decode products
+// repeat a gate_proj-sized matrix to over 1 GiB, larger than any last-level cache (an Intel Xeon
+// here had 260 MiB: a q4 matrix of 101 MB streamed from it at twice the memory's speed), so that
+// every decode pass streams them from memory.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -41,9 +43,11 @@ struct Weights {
   cpu::WeightMatrix m;
 };
 
-// A [rows, cols] matrix in one format, filled in parallel.
+// A [rows, cols] matrix in one format, filled in parallel: `distinct` random rows (all of them if 0),
+// repeated.
 void make(Weights& w, cpu::ThreadPool& pool, int64_t rows, int64_t cols, DType dtype, QuantType q, int64_t group,
-          bool with_min) {
+          bool with_min, int64_t distinct = 0) {
+  if (distinct <= 0 || distinct > rows) distinct = rows;
   w.m = cpu::WeightMatrix{nullptr, dtype, rows, cols};
   w.m.quant = q;
   w.m.group = group;
@@ -55,7 +59,7 @@ void make(Weights& w, cpu::ThreadPool& pool, int64_t rows, int64_t cols, DType d
     (void)w.scales.reserve(static_cast<uint64_t>(rows * groups * 2), "scales");
     if (with_min) (void)w.mins.reserve(static_cast<uint64_t>(rows * groups * 2), "mins");
   }
-  pool.parallel_for(rows, [&](int64_t r0, int64_t r1) {
+  pool.parallel_for(distinct, [&](int64_t r0, int64_t r1) {
     std::mt19937 rng(static_cast<uint32_t>(r0));
     std::uniform_real_distribution<float> u(-0.03f, 0.03f);
     std::vector<float> row(static_cast<size_t>(cols));
@@ -76,6 +80,14 @@ void make(Weights& w, cpu::ThreadPool& pool, int64_t rows, int64_t cols, DType d
           }
         }
       }
+    }
+  });
+  pool.parallel_for(rows - distinct, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = distinct + r0; r < distinct + r1; ++r) {
+      const int64_t from = r % distinct;
+      std::memcpy(w.data.data() + r * row_bytes, w.data.data() + from * row_bytes, row_bytes);
+      if (q != QuantType::none) std::memcpy(w.scales.data() + r * groups * 2, w.scales.data() + from * groups * 2, groups * 2);
+      if (with_min) std::memcpy(w.mins.data() + r * groups * 2, w.mins.data() + from * groups * 2, groups * 2);
     }
   });
   w.m.data = w.data.data();
@@ -148,18 +160,22 @@ int main(int argc, char** argv) {
   int threads = 0, repeat = 9;
   bool quick = false;
   cpu::Isa isa = cpu::detect_isa();
+  cpu::WeightPrefetch prefetch = cpu::default_weight_prefetch();
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) threads = static_cast<int>(bench::integer("bench_kernels", a, argv[++i], 0, 1024));
     else if (a == "--repeat" && i + 1 < argc) repeat = static_cast<int>(bench::integer("bench_kernels", a, argv[++i], 1, 100000));
     else if (a == "--quick") quick = true;
+    else if (a == "--prefetch" && i + 1 < argc && (std::string(argv[i + 1]) == "nta" || std::string(argv[i + 1]) == "t0")) {
+      prefetch = std::string(argv[++i]) == "t0" ? cpu::WeightPrefetch::t0 : cpu::WeightPrefetch::non_temporal;
+    }
     else if (a == "--isa" && i + 1 < argc) {
       const std::string name = argv[++i];
       for (cpu::Isa c : cpu::kAllIsas) {
         if (cpu::to_string(c) == name) isa = c;
       }
     } else {
-      std::fprintf(stderr, "usage: bench_kernels [--threads N] [--repeat R] [--isa NAME] [--quick]\n");
+      std::fprintf(stderr, "usage: bench_kernels [--threads N] [--repeat R] [--isa NAME] [--prefetch nta|t0] [--quick]\n");
       return 2;
     }
   }
@@ -168,10 +184,12 @@ int main(int argc, char** argv) {
   if (!pool_or) return 1;
   cpu::ThreadPool& pool = **pool_or;
   auto bw0 = cpu::measure_read_bandwidth(pool);
-  std::printf("threads %d, isa %s, read bandwidth %.1f GB/s (median of 5 passes over 1 GiB)\n\n", pool.size(),
-              std::string(cpu::to_string(isa)).c_str(), bw0 ? *bw0 : 0.0);
+  std::printf("threads %d, isa %s, weight prefetch %s, read bandwidth %.1f GB/s (median of 5 passes over 1 GiB)\n\n",
+              pool.size(), std::string(cpu::to_string(isa)).c_str(),
+              prefetch == cpu::WeightPrefetch::t0 ? "t0" : "nta", bw0 ? *bw0 : 0.0);
 
-  // Decode: a gate_proj-sized matrix times 4 (11008 x 4 rows, 4096 columns): 360 MB in BF16.
+  // Decode: a gate_proj-sized matrix times 4 (11008 x 4 rows, 4096 columns, 360 MB in BF16),
+  // repeated to over 1 GiB.
   const int64_t rows = 44032, cols = 4096;
   struct Spec {
     const char* name;
@@ -193,13 +211,14 @@ int main(int argc, char** argv) {
   }
   cpu::LinearScratch scratch;
   if (!scratch.reserve(pool.size(), 11008)) return 1;
-  std::vector<float> x(static_cast<size_t>(16 * 11008)), y(static_cast<size_t>(512 * rows));
+  scratch.prefetch = prefetch;
+  std::vector<float> x(static_cast<size_t>(16 * 11008)), y(static_cast<size_t>(512 * rows));  // also 16 x 1 GiB of rows
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   for (auto& v : x) v = u(rng);
 
   const std::vector<int> ns = quick ? std::vector<int>{1, 2, 4, 16} : std::vector<int>{1, 2, 3, 4, 5, 8, 12, 16};
-  std::printf("decode: GB/s of weights streamed (rows %lld x cols %lld), by activation rows\n| format |", static_cast<long long>(rows),
+  std::printf("decode: GB/s of weights streamed (rows %lld x cols %lld, repeated to over 1 GiB), by activation rows\n| format |", static_cast<long long>(rows),
               static_cast<long long>(cols));
   for (int n : ns) std::printf(" %d |", n);
   std::printf(" MB |\n|---|");
@@ -207,11 +226,14 @@ int main(int argc, char** argv) {
   std::printf("---|\n");
   for (const Spec& s : specs) {
     Weights w;
-    make(w, pool, rows, cols, s.dtype, s.q, s.group, s.with_min);
+    const uint64_t once = s.q == QuantType::none ? static_cast<uint64_t>(rows * cols) * dtype_size(s.dtype)
+                                                 : static_cast<uint64_t>(rows * quant_row_bytes(s.q, cols));
+    const int64_t all_rows = rows * static_cast<int64_t>(((1ull << 30) + once - 1) / once);
+    make(w, pool, all_rows, cols, s.dtype, s.q, s.group, s.with_min, rows);
     std::printf("| %s |", s.name);
     for (int n : ns) {
       const Rows xr{x.data(), n, cols, cols};
-      const cpu::LinearJob job{&w.m, nullptr, Rows{y.data(), n, rows, rows}, false};
+      const cpu::LinearJob job{&w.m, nullptr, Rows{y.data(), n, all_rows, all_rows}, false};
       std::vector<double> rates;
       for (int r = 0; r < repeat; ++r) {
         const auto t0 = Clock::now();
