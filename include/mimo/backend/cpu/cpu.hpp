@@ -38,6 +38,9 @@ struct Cpu {
     // The prefetch hint for weights that decoding streams once per step (weight_matrix.hpp): the
     // default is what this CPU's vendor measured faster.
     cpu::WeightPrefetch weight_prefetch = cpu::default_weight_prefetch();
+    // Unless exact: whether prefill's products use bf16 dot products (true) or fp32 (false); the
+    // default is what this CPU's vendor measured faster (gemm.hpp). Decoding is not affected.
+    bool bf16_prefill = cpu::default_bf16_prefill();
   };
 
   using Linear = cpu::WeightMatrix;
@@ -106,6 +109,7 @@ struct Cpu {
     c.exact = o.exact;
     c.kv_type = o.kv_cache;
     c.products.prefetch = o.weight_prefetch;
+    c.products.bf16_prefill = o.bf16_prefill;
     if (auto s = c.products.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
     if (!cpu::valid_kv_type(o.kv_cache)) {
       return Error(Errc::invalid_argument,
@@ -118,7 +122,7 @@ struct Cpu {
   // Options for another context that shares this one's threads (a copied session).
   static ContextOptions shared_context_options(const Context& c) {
     return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .exact = c.exact, .kv_cache = c.kv_type,
-                          .weight_prefetch = c.products.prefetch};
+                          .weight_prefetch = c.products.prefetch, .bf16_prefill = c.products.bf16_prefill};
   }
 
   // A cache of the context's type (ContextOptions::kv_cache), or of an explicit type.

@@ -124,6 +124,17 @@ inline Isa detect_isa() {
   return Isa::scalar;
 }
 
+// Whether the CPU is AMD's (or Hygon's): where the kernels' measured choices differ between
+// vendors (weight_matrix.hpp, gemm.hpp), those measured on AMD.
+inline bool is_amd_cpu() {
+#if MIMO_X86
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  // The vendor string "AuthenticAMD" / "HygonGenuine": b holds its first four letters.
+  if (__get_cpuid(0, &a, &b, &c, &d)) return b == 0x68747541u /* Auth */ || b == 0x6f677948u /* Hygo */;
+#endif
+  return false;
+}
+
 #if MIMO_X86
 namespace detail {
 

@@ -31,6 +31,7 @@ struct LinearScratch {
   int64_t x16_per_thread = 0;
   int64_t max_cols = 0;
   WeightPrefetch prefetch = default_weight_prefetch();  // how the decode kernels stream the weights
+  bool bf16_prefill = true;  // prefill may use bf16 dot products (gemm_fast); false: fp32 panels
 
   Status reserve(int threads, int64_t cols) {
     max_cols = cols;
@@ -48,7 +49,7 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
                    LinearScratch& scratch) {
   const int64_t n = x.count;
   if (n == 0) return;
-  if (n > kMaxMatvecRows) return gemm(pool, isa, exact, x, jobs, scratch.gemm);
+  if (n > kMaxMatvecRows) return gemm(pool, isa, exact || !scratch.bf16_prefill, x, jobs, scratch.gemm);
 
   // Output rows of all jobs, concatenated, are handed out in blocks from a shared counter: a thread
   // slowed by other work on its core (another process, the host application's threads, a late

@@ -39,14 +39,7 @@ enum class WeightPrefetch { non_temporal, t0 };
 
 // What this machine's vendor measured faster: the non-temporal hint on AMD (and Hygon), T0 elsewhere.
 inline WeightPrefetch default_weight_prefetch() {
-#if MIMO_X86
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid(0, &a, &b, &c, &d)) {
-    // The vendor string "AuthenticAMD" / "HygonGenuine": b holds its first four letters.
-    if (b == 0x68747541u /* Auth */ || b == 0x6f677948u /* Hygo */) return WeightPrefetch::non_temporal;
-  }
-#endif
-  return WeightPrefetch::t0;
+  return is_amd_cpu() ? WeightPrefetch::non_temporal : WeightPrefetch::t0;
 }
 
 #if MIMO_X86
