@@ -186,7 +186,7 @@ int main(int argc, char** argv) {
   auto bw0 = cpu::measure_read_bandwidth(pool);
   std::printf("threads %d, isa %s, weight prefetch %s, read bandwidth %.1f GB/s (median of 5 passes over 1 GiB)\n\n",
               pool.size(), std::string(cpu::to_string(isa)).c_str(),
-              prefetch == cpu::WeightPrefetch::t0 ? "t0" : "nta", bw0 ? *bw0 : 0.0);
+              cpu::to_string(prefetch), bw0 ? *bw0 : 0.0);
 
   // Decode: a gate_proj-sized matrix times 4 (11008 x 4 rows, 4096 columns, 360 MB in BF16),
   // repeated to over 1 GiB.

@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
   const double step = median(steps);
   std::printf("## Steps (%s, %d threads, context %lld, weight prefetch %s, medians of %d interleaved repetitions)\n\n",
               model_dir.c_str(), threads, static_cast<long long>(P),
-              prefetch == mimo::cpu::WeightPrefetch::t0 ? "t0" : "nta", reps);
+              mimo::cpu::to_string(prefetch), reps);
   std::printf("| pass | ms | relative to one decoding step |\n|---|---|---|\n");
   std::printf("| decode, 1 token | %.1f | 1.00 |\n", 1e3 * step);
   for (int rows = 2; rows <= 5; ++rows) {

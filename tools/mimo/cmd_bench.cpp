@@ -144,7 +144,7 @@ int cmd_bench(int argc, char** argv) {
   std::printf("| weights | %s |\n", weights_kind(model->tensors()).c_str());
   std::printf("| KV cache | %s%s |\n", std::string(cpu::to_string(*kv)).c_str(),
               args->flag("exact") ? ", exact (fp32) prefill" : "");
-  std::printf("| weight prefetch hint | %s |\n", cli::to_string(*prefetch));
+  std::printf("| weight prefetch hint | %s |\n", cpu::to_string(*prefetch));
   const bool bf16_prefill = !args->flag("exact") && cpu::default_bf16_prefill() && cpu::has_bf16(cpu::detect_isa());
   std::printf("| prefill products | %s |\n", bf16_prefill ? "bf16 dot products" : "fp32");
   std::printf("| load | %.2f s |\n", load_seconds);

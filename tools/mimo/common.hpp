@@ -121,7 +121,6 @@ inline Expected<cpu::WeightPrefetch> weight_prefetch(const Args& args) {
   if (t == "t0") return cpu::WeightPrefetch::t0;
   return Error(Errc::invalid_argument, "--prefetch must be nta or t0, not '" + t + "'");
 }
-inline const char* to_string(cpu::WeightPrefetch p) { return p == cpu::WeightPrefetch::t0 ? "t0" : "nta"; }
 
 // The backend's execution options from the command line (specialised per backend).
 template <class B>

@@ -37,6 +37,9 @@ inline constexpr int64_t kPrefetchAhead = 2048;
 // T0 whatever this says: with the non-temporal hint the later chunks went back to memory.
 enum class WeightPrefetch { non_temporal, t0 };
 
+// The hint's name on the command line (--prefetch) and in benchmark tables.
+constexpr const char* to_string(WeightPrefetch p) { return p == WeightPrefetch::t0 ? "t0" : "nta"; }
+
 // What this machine's vendor measured faster: the non-temporal hint on AMD (and Hygon), T0 elsewhere.
 inline WeightPrefetch default_weight_prefetch() {
   return is_amd_cpu() ? WeightPrefetch::non_temporal : WeightPrefetch::t0;
