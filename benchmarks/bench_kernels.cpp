@@ -1,5 +1,5 @@
 // CPU product kernels on MiMo-7B shapes: decode (matvec) GB/s per weight format and number of
-// activation rows (1..16), and prefill (GEMM) GFLOP/s per mode and size, medians over
+// activation rows (1..16), and prefill (GEMM) GFLOP/s per path and size, medians over
 // repetitions, beside the memory read bandwidth measured in the same run; and the per-row work
 // beside the products of one decoding step's layer (one row, on the calling thread), in scalar
 // code and on the chosen instruction set.
@@ -258,7 +258,8 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> ms = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{64, 256};
   std::vector<float> xa(static_cast<size_t>(256 * 11008));
   for (auto& v : xa) v = u(rng);
-  std::printf("prefill: GFLOP/s (2 M N K / time)\n| weights | shape | M | exact | fast |\n|---|---|---|---|---|\n");
+  std::printf("prefill: GFLOP/s (2 M N K / time) per path (cpu::GemmPath; - where this CPU or format has none)\n"
+              "| weights | shape | M | fp32 | bf16 | int8 |\n|---|---|---|---|---|---|\n");
   const std::vector<Spec> gemm_specs = {specs[0], {"q8 g32", DType::bf16, QuantType::q8, 32, false},
                                         {"q4 g32", DType::bf16, QuantType::q4, 32, false}};
   for (const Spec& s : gemm_specs) {
@@ -268,13 +269,21 @@ int main(int argc, char** argv) {
       make(w, pool, sh.n, sh.k, s.dtype, s.q, s.group, s.with_min);
       for (int64_t m : ms) {
         std::printf("| %s | %s | %lld |", s.name, sh.name, static_cast<long long>(m));
-        for (bool exact : {true, false}) {
+        for (cpu::GemmPath path : {cpu::GemmPath::f32, cpu::GemmPath::bf16, cpu::GemmPath::int8}) {
+          const cpu::PrefillProducts products{
+              .exact = path == cpu::GemmPath::f32, .bf16 = path == cpu::GemmPath::bf16, .int8 = path == cpu::GemmPath::int8};
+          if (cpu::gemm_path(isa, products, w.m) != path) {
+            std::printf(" - |");
+            continue;
+          }
+          scratch.bf16_prefill = products.bf16;
+          scratch.int8_prefill = products.int8;
           const Rows xr{xa.data(), m, sh.k, sh.k};
           const cpu::LinearJob job{&w.m, nullptr, Rows{y.data(), m, sh.n, sh.n}, false};
           std::vector<double> rates;
           for (int r = 0; r < std::max(3, repeat / 3); ++r) {
             const auto t0 = Clock::now();
-            cpu::linear(pool, isa, exact, xr, std::span(&job, 1), scratch);
+            cpu::linear(pool, isa, products.exact, xr, std::span(&job, 1), scratch);
             const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
             rates.push_back(2.0 * static_cast<double>(m) * static_cast<double>(sh.n) * static_cast<double>(sh.k) / sec / 1e9);
           }

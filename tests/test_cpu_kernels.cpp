@@ -108,9 +108,9 @@ std::vector<float> random_vector(std::mt19937& rng, size_t n, float scale = 1.0f
 struct QuantScratch {
   mimo::detail::AlignedBuffer<std::byte> storage;
   mimo::cpu::QuantizedRows rows;
-  explicit QuantScratch(int64_t cols) {
-    REQUIRE(storage.reserve(mimo::cpu::QuantizedRows::bytes_for(mimo::cpu::kMaxMatvecRows, cols), "test").has_value());
-    rows.bind(storage.data(), mimo::cpu::kMaxMatvecRows, cols);
+  explicit QuantScratch(int64_t cols, int n = mimo::cpu::kMaxMatvecRows) {
+    REQUIRE(storage.reserve(mimo::cpu::QuantizedRows::bytes_for(n, cols), "test").has_value());
+    rows.bind(storage.data(), n, cols);
   }
 };
 
@@ -473,7 +473,9 @@ namespace {
 float round_bf16(float v) { return mimo::bf16_to_f32(mimo::f32_to_bf16(v)); }
 
 // Checks linear() against double references over several jobs of different formats.
-void check_linear(int64_t n, int64_t cols, const std::vector<Format>& formats, std::vector<int64_t> rows, bool exact) {
+// int8: whether prefill may take int8 activations for quantized weights (else bf16 dot products).
+void check_linear(int64_t n, int64_t cols, const std::vector<Format>& formats, std::vector<int64_t> rows, bool exact,
+                  bool int8 = true) {
   std::mt19937 rng(static_cast<uint32_t>(n * 1000 + cols));
   auto pool = mimo::cpu::ThreadPool::create(2);
   REQUIRE(pool.has_value());
@@ -488,11 +490,14 @@ void check_linear(int64_t n, int64_t cols, const std::vector<Format>& formats, s
   const mimo::Rows xr{x.data() + 3, n, cols, ldx};
   mimo::cpu::LinearScratch scratch;
   REQUIRE(scratch.reserve(2, cols).has_value());
+  scratch.bf16_prefill = true;
+  scratch.int8_prefill = int8;
   for (Isa isa : runnable_isas()) {
     CAPTURE(mimo::cpu::to_string(isa));
     CAPTURE(n);
     CAPTURE(cols);
     CAPTURE(exact);
+    CAPTURE(int8);
     std::vector<mimo::cpu::LinearJob> jobs;
     ys.clear();
     for (size_t j = 0; j < formats.size(); ++j) {
@@ -502,13 +507,15 @@ void check_linear(int64_t n, int64_t cols, const std::vector<Format>& formats, s
                       mimo::Rows{ys[j].data(), n, rows[j], ldy}, j % 2 == 1});
     }
     mimo::cpu::linear(**pool, isa, exact, xr, jobs, scratch);
-    QuantScratch q(cols);
+    QuantScratch q(cols, static_cast<int>(n));
     for (size_t j = 0; j < formats.size(); ++j) {
       const Stored& s = weights[j];
       CAPTURE(std::string(formats[j].name()));
-      const bool quantized_decode = s.m.quantized() && n <= mimo::cpu::kMaxMatvecRows;
-      const bool fast = n > mimo::cpu::kMaxMatvecRows ? mimo::cpu::gemm_fast(isa, exact, s.m)
-                                                      : !exact && mimo::cpu::matvec_fast(isa, s.m);
+      const bool prefill = n > mimo::cpu::kMaxMatvecRows;
+      const auto path = mimo::cpu::gemm_path(isa, {.exact = exact, .bf16 = true, .int8 = int8}, s.m);
+      // Quantized activations: decoding always, prefill on the int8 path.
+      const bool quantized_decode = s.m.quantized() && (!prefill || path == mimo::cpu::GemmPath::int8);
+      const bool fast = prefill ? path == mimo::cpu::GemmPath::bf16 : !exact && mimo::cpu::matvec_fast(isa, s.m);
       if (quantized_decode) mimo::cpu::prepare_rows(mimo::cpu::Isa::scalar, xr.data, xr.stride, static_cast<int>(n), cols, s.m, q.rows);
       double worst = 0.0;
       for (int64_t i = 0; i < n; ++i) {
@@ -540,6 +547,7 @@ TEST_CASE("linear: several weights in one job, streaming and GEMM paths agree wi
   const std::vector<Format> quants = {quant_formats()[0], quant_formats()[2], quant_formats()[3], {DType::bf16}};
   for (int64_t n : {1, 5, 16, 17, 40, 270}) {
     for (bool exact : {true, false}) check_linear(n, 320, quants, {300, 17, 64, 257}, exact);
+    if (n > mimo::cpu::kMaxMatvecRows) check_linear(n, 320, quants, {300, 17, 64, 257}, false, false);
   }
 }
 
@@ -548,6 +556,19 @@ TEST_CASE("gemm: sizes around the block edges") {
   for (int64_t n : {17, 23}) {
     for (int64_t cols : {1, 2, 31, 255, 256, 257, 520}) {
       for (bool exact : {true, false}) check_linear(n, cols, one, {1}, exact), check_linear(n, cols, one, {513}, exact);
+    }
+  }
+  // Quantized weights on the int8 path: K blocks of 8 code blocks (and a partial one), panels of
+  // 32 weight rows (and partial ones), tiles of 6 activation rows (and every remainder), passes of
+  // 256 activation rows.
+  for (const Format& f : quant_formats()) {
+    CAPTURE(f.name());
+    for (int64_t cols : {256, 288, 1024}) {
+      if (cols % f.group) continue;
+      for (int64_t n : {17, 18, 19, 20, 21, 22, 257}) {
+        if (n == 257 && cols != 288) continue;
+        check_linear(n, cols, {f, f, f, f, f}, {1, 31, 33, 256, 300}, false);
+      }
     }
   }
 }

@@ -31,9 +31,12 @@ struct Cpu {
     int threads = 0;                         // threads of a pool the session creates (0: hardware threads)
     std::shared_ptr<cpu::ThreadPool> pool{}; // or a pool shared with other sessions (threads is then ignored)
     cpu::Isa isa = cpu::detect_isa();        // kernels to use; lower it to force a fallback
-    bool exact = false;                      // every product in fp32 (default: with BF16 or quantized weights,
-                                             // bf16 dot products where the CPU has them, activations
-                                             // rounded to bf16; matvec.hpp, gemm.hpp)
+    bool exact = false;                      // fp32 products with float weights, and in prefill with
+                                             // quantized ones (default: activations rounded to bf16 for
+                                             // bf16 dot products with BF16 weights, quantized to int8
+                                             // for VNNI ones with quantized weights, where the CPU has
+                                             // them; decoding quantized weights always takes int8
+                                             // activations; matvec.hpp, gemm.hpp, gemm_int8.hpp)
     cpu::KvType kv_cache = cpu::KvType::f16;  // element type of the KV caches (kv_cache.hpp; f32 is exact)
     // The prefetch hint for weights that decoding streams once per step (weight_matrix.hpp): the
     // default is what this CPU's vendor measured faster.
@@ -41,6 +44,10 @@ struct Cpu {
     // Unless exact: whether prefill's products use bf16 dot products (true) or fp32 (false); the
     // default is what this CPU's vendor measured faster (gemm.hpp). Decoding is not affected.
     bool bf16_prefill = cpu::default_bf16_prefill();
+    // Unless exact: whether prefill's products over quantized weights quantize the activations to
+    // int8, as decoding does, for integer dot products where the CPU has AVX512_VNNI (true), or
+    // widen the weights' codes (false: bf16 or fp32, as bf16_prefill says). gemm_int8.hpp.
+    bool int8_prefill = true;
   };
 
   using Linear = cpu::WeightMatrix;
@@ -110,6 +117,7 @@ struct Cpu {
     c.kv_type = o.kv_cache;
     c.products.prefetch = o.weight_prefetch;
     c.products.bf16_prefill = o.bf16_prefill;
+    c.products.int8_prefill = o.int8_prefill;
     if (auto s = c.products.reserve(c.pool->size(), max_cols); !s) return std::move(s).error();
     if (!cpu::valid_kv_type(o.kv_cache)) {
       return Error(Errc::invalid_argument,
@@ -122,7 +130,7 @@ struct Cpu {
   // Options for another context that shares this one's threads (a copied session).
   static ContextOptions shared_context_options(const Context& c) {
     return ContextOptions{.threads = 0, .pool = c.pool, .isa = c.isa, .exact = c.exact, .kv_cache = c.kv_type,
-                          .weight_prefetch = c.products.prefetch, .bf16_prefill = c.products.bf16_prefill};
+                          .weight_prefetch = c.products.prefetch, .bf16_prefill = c.products.bf16_prefill, .int8_prefill = c.products.int8_prefill};
   }
 
   // A cache of the context's type (ContextOptions::kv_cache), or of an explicit type.

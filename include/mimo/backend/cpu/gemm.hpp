@@ -6,6 +6,8 @@
 //   fast   activations rounded to bf16, weights in bf16 (as stored, or dequantized then rounded),
 //          AVX512_BF16 vdpbf16ps dot products of pairs with fp32 accumulation (6 x 64 tiles).
 //          Only for BF16 and quantized weights on CPUs with AVX512_BF16; otherwise exact.
+//   int8   quantized weights: activations quantized to int8 as decoding quantizes them, integer
+//          dot products with the codes (gemm_int8.hpp), on CPUs with AVX512_VNNI.
 //
 // Work is split into items of kGemmNB weight rows, taken by the threads from a shared counter
 // (so a thread slowed by another process does not hold the others up). For each block of K, an
@@ -23,6 +25,7 @@
 #include <span>
 
 #include "mimo/backend/backend.hpp"
+#include "mimo/backend/cpu/gemm_int8.hpp"
 #include "mimo/backend/cpu/isa.hpp"
 #include "mimo/backend/cpu/thread_pool.hpp"
 #include "mimo/backend/cpu/weight_matrix.hpp"
@@ -49,19 +52,25 @@ struct LinearJob {
   bool accumulate;    // out += x W^T instead of out = x W^T
 };
 
-// Scratch of a context: activations rounded to bf16 (shared), and each thread's packed panels.
+// Scratch of a context: activations rounded to bf16 or quantized to int8 (shared), and each
+// thread's packed panels.
 struct GemmScratch {
   mimo::detail::AlignedBuffer<uint32_t> a16;     // kGemmMB rows of a16_stride words
+  mimo::detail::AlignedBuffer<std::byte> a8;     // kGemmMB rows quantized (Int8Rows)
   mimo::detail::AlignedBuffer<uint32_t> panels;  // per thread: packed rows, 16 staging rows, a row of floats
+  Int8Rows rows8;
   int64_t a16_stride = 0;
-  int64_t per_thread = 0;
+  int64_t per_thread = 0;  // words, a multiple of 16
   int64_t max_cols = 0;
 
   Status reserve(int threads, int64_t cols) {
     max_cols = cols;
     a16_stride = ((cols + 1) / 2 + 15) / 16 * 16;
     per_thread = kGemmNB * kGemmKW + 16 * kGemmKW + std::max<int64_t>(2 * kGemmKW, (cols + 15) / 16 * 16);
+    per_thread = std::max(per_thread, (int8_item_scratch_bytes(kGemmNB) / 4 + 15) / 16 * 16);
     if (auto s = a16.reserve(static_cast<uint64_t>(kGemmMB) * a16_stride, "bf16 activation scratch"); !s) return s;
+    if (auto s = a8.reserve(Int8Rows::bytes_for(kGemmMB, cols), "int8 activation scratch"); !s) return s;
+    rows8.bind(a8.data(), cols);
     return panels.reserve(static_cast<uint64_t>(threads) * per_thread, "weight panel scratch");
   }
 };
@@ -73,9 +82,32 @@ struct GemmScratch {
 // 14.6 (2 threads).
 inline bool default_bf16_prefill() { return is_amd_cpu(); }
 
-// Whether a job runs in fast mode on this isa.
-inline bool gemm_fast(Isa isa, bool exact, const WeightMatrix& w) {
-  return !exact && has_bf16(isa) && (w.quantized() || w.dtype == DType::bf16);
+// How prefill multiplies by a weight: fp32 panels, bf16 dot products, or int8 activations.
+enum class GemmPath { f32, bf16, int8 };
+
+constexpr const char* to_string(GemmPath p) {
+  return p == GemmPath::int8 ? "int8 dot products" : p == GemmPath::bf16 ? "bf16 dot products" : "fp32";
+}
+
+// What a context allows prefill's products (Cpu::ContextOptions).
+struct PrefillProducts {
+  bool exact = false;  // fp32 for every weight
+  bool bf16 = true;    // BF16 and quantized weights may take bf16 dot products
+  bool int8 = true;    // quantized weights take int8 activations (first choice where the CPU can)
+};
+
+// The path of a weight's products: int8 for quantized weights where allowed and the CPU has
+// AVX512_VNNI, else bf16 for BF16 and quantized weights where allowed and the CPU has
+// AVX512_BF16, else fp32.
+inline GemmPath gemm_path(Isa isa, const PrefillProducts& p, QuantType quant, DType dtype) {
+  if (p.exact) return GemmPath::f32;
+  const bool quantized = quant != QuantType::none;
+  if (quantized && p.int8 && has_avx512(isa) && has_vnni(isa)) return GemmPath::int8;
+  if (p.bf16 && has_bf16(isa) && (quantized || dtype == DType::bf16)) return GemmPath::bf16;
+  return GemmPath::f32;
+}
+inline GemmPath gemm_path(Isa isa, const PrefillProducts& p, const WeightMatrix& w) {
+  return gemm_path(isa, p, w.quant, w.dtype);
 }
 
 namespace detail {
@@ -157,34 +189,6 @@ MIMO_TARGET_AVX512_BF16 inline void gemm_round_rows(const Rows& x, int64_t m0, i
       const uint32_t hi = k + 1 < x.width ? f32_to_bf16(src[k + 1]) : 0u;
       d[k / 2] = lo | hi << 16;
     }
-  }
-}
-
-// The 16 words of column t of 16 rows (a 16 x 16 transpose of 32-bit words).
-MIMO_TARGET_AVX512 inline void transpose16(const __m512i (&r)[16], __m512i (&out)[16]) {
-  __m512i t[16], u[16];
-MIMO_UNROLL_TILE
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_maskz_unpacklo_epi32(0xffff, r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_maskz_unpackhi_epi32(0xffff, r[2 * i], r[2 * i + 1]);
-  }
-MIMO_UNROLL_TILE
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_maskz_unpacklo_epi64(0xff, t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_maskz_unpacklo_epi64(0xff, t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[4 * i + 1], t[4 * i + 3]);
-  }
-  // u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3.
-MIMO_UNROLL_TILE
-  for (int c = 0; c < 4; ++c) {
-    const __m512i x0 = _mm512_maskz_shuffle_i32x4(0xffff, u[c], u[4 + c], 0x44), x1 = _mm512_maskz_shuffle_i32x4(0xffff, u[c], u[4 + c], 0xee);
-    const __m512i x2 = _mm512_maskz_shuffle_i32x4(0xffff, u[8 + c], u[12 + c], 0x44),
-                  x3 = _mm512_maskz_shuffle_i32x4(0xffff, u[8 + c], u[12 + c], 0xee);
-    out[c] = _mm512_maskz_shuffle_i32x4(0xffff, x0, x2, 0x88);
-    out[4 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x0, x2, 0xdd);
-    out[8 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x1, x3, 0x88);
-    out[12 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x1, x3, 0xdd);
   }
 }
 
@@ -391,24 +395,28 @@ inline void gemm_item_avx2(const LinearJob& j, const Rows& x, int64_t m0, int64_
 
 }  // namespace detail
 
-// out (+)= x W^T + bias for every job, over all rows of x, on all threads of the pool.
-// `exact`: fp32 arithmetic for every job; otherwise fast mode where gemm_fast allows.
-inline void gemm(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::span<const LinearJob> jobs,
+// out (+)= x W^T + bias for every job, over all rows of x, on all threads of the pool, each job
+// on its gemm_path.
+inline void gemm(ThreadPool& pool, Isa isa, const PrefillProducts& products, const Rows& x, std::span<const LinearJob> jobs,
                  GemmScratch& scratch) {
-  bool any_fast = false;
+  bool any_bf16 = false, any_int8 = false;
   int64_t items = 0;
   for (const auto& j : jobs) {
-    any_fast = any_fast || gemm_fast(isa, exact, *j.weight);
+    const GemmPath path = gemm_path(isa, products, *j.weight);
+    any_bf16 = any_bf16 || path == GemmPath::bf16;
+    any_int8 = any_int8 || path == GemmPath::int8;
     items += (j.weight->rows + kGemmNB - 1) / kGemmNB;
   }
   for (int64_t m0 = 0; m0 < x.count; m0 += kGemmMB) {
     const int64_t m1 = std::min(x.count, m0 + kGemmMB);
 #if MIMO_X86
-    if (any_fast) {
+    if (any_bf16 || any_int8) {
       pool.run([&](int t, int nt) {
-        const int64_t n = m1 - m0;
-        detail::gemm_round_rows(x, m0 + n * t / nt, m0 + n * (t + 1) / nt, scratch.a16.data() + n * t / nt * scratch.a16_stride,
-                                scratch.a16_stride);
+        const int64_t n = m1 - m0, begin = m0 + n * t / nt, end = m0 + n * (t + 1) / nt;
+        if (any_bf16) {
+          detail::gemm_round_rows(x, begin, end, scratch.a16.data() + (begin - m0) * scratch.a16_stride, scratch.a16_stride);
+        }
+        if (any_int8) detail::int8_quantize_rows(x, begin, end, m0, scratch.rows8);
       });
     }
 #endif
@@ -430,9 +438,14 @@ inline void gemm(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::span
         const int64_t n0 = rest * kGemmNB, n1 = std::min(job->weight->rows, n0 + kGemmNB);
         detail::gemm_init_outputs(*job, m0, m1, n0, n1);
 #if MIMO_X86
+        const GemmPath path = gemm_path(isa, products, *job->weight);
+        if (path == GemmPath::int8) {
+          detail::gemm_item_int8(*job->weight, job->out, scratch.rows8, m0, m1, n0, n1, reinterpret_cast<std::byte*>(mine));
+          continue;
+        }
         if (has_avx512(isa)) {
-          detail::gemm_item_avx512(isa, gemm_fast(isa, exact, *job->weight), *job, x, scratch.a16.data(),
-                                   scratch.a16_stride, m0, m1, n0, n1, mine);
+          detail::gemm_item_avx512(isa, path == GemmPath::bf16, *job, x, scratch.a16.data(), scratch.a16_stride, m0, m1, n0,
+                                   n1, mine);
           continue;
         }
         if (has_avx2(isa)) {

@@ -181,6 +181,34 @@ MIMO_TARGET_AVX512 inline float hmax512(__m512 v) {
   return x;
 }
 
+// The 16 words of column t of 16 rows (a 16 x 16 transpose of 32-bit words).
+MIMO_TARGET_AVX512 inline void transpose16(const __m512i (&r)[16], __m512i (&out)[16]) {
+  __m512i t[16], u[16];
+MIMO_UNROLL_TILE
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_maskz_unpacklo_epi32(0xffff, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_maskz_unpackhi_epi32(0xffff, r[2 * i], r[2 * i + 1]);
+  }
+MIMO_UNROLL_TILE
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = _mm512_maskz_unpacklo_epi64(0xff, t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_maskz_unpacklo_epi64(0xff, t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[4 * i + 1], t[4 * i + 3]);
+  }
+  // u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3.
+MIMO_UNROLL_TILE
+  for (int c = 0; c < 4; ++c) {
+    const __m512i x0 = _mm512_maskz_shuffle_i32x4(0xffff, u[c], u[4 + c], 0x44), x1 = _mm512_maskz_shuffle_i32x4(0xffff, u[c], u[4 + c], 0xee);
+    const __m512i x2 = _mm512_maskz_shuffle_i32x4(0xffff, u[8 + c], u[12 + c], 0x44),
+                  x3 = _mm512_maskz_shuffle_i32x4(0xffff, u[8 + c], u[12 + c], 0xee);
+    out[c] = _mm512_maskz_shuffle_i32x4(0xffff, x0, x2, 0x88);
+    out[4 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x0, x2, 0xdd);
+    out[8 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x1, x3, 0x88);
+    out[12 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x1, x3, 0xdd);
+  }
+}
+
 }  // namespace detail
 #endif
 

@@ -3,8 +3,10 @@
 //   n <= kMaxMatvecRows (decode, verification of drafts): each thread streams a share of the
 //     weight rows once (memory-bound; matvec.hpp, matvec_quant.hpp);
 //   larger n (prefill): blocked, packed matrix-matrix products (compute-bound; gemm.hpp).
-// Unless `exact`, BF16 (and, in prefill, quantized) weights use bf16 dot products of activations
-// rounded to bf16 where the CPU has AVX512_BF16; `exact` keeps every product in fp32.
+// Unless `exact`, BF16 weights use bf16 dot products of activations rounded to bf16 where the CPU
+// has AVX512_BF16, and quantized weights in prefill int8 activations, as decoding does, where it
+// has AVX512_VNNI (or bf16 dot products; gemm_path); `exact` keeps every product of float
+// weights, and prefill's of quantized ones, in fp32.
 #pragma once
 
 #include <algorithm>
@@ -31,7 +33,8 @@ struct LinearScratch {
   int64_t x16_per_thread = 0;
   int64_t max_cols = 0;
   WeightPrefetch prefetch = default_weight_prefetch();  // how the decode kernels stream the weights
-  bool bf16_prefill = true;  // prefill may use bf16 dot products (gemm_fast); false: fp32 panels
+  bool bf16_prefill = true;  // prefill may use bf16 dot products (gemm_path); false: fp32 panels
+  bool int8_prefill = true;  // prefill of quantized weights may use int8 activations (gemm_path)
 
   Status reserve(int threads, int64_t cols) {
     max_cols = cols;
@@ -49,7 +52,10 @@ inline void linear(ThreadPool& pool, Isa isa, bool exact, const Rows& x, std::sp
                    LinearScratch& scratch) {
   const int64_t n = x.count;
   if (n == 0) return;
-  if (n > kMaxMatvecRows) return gemm(pool, isa, exact || !scratch.bf16_prefill, x, jobs, scratch.gemm);
+  if (n > kMaxMatvecRows) {
+    return gemm(pool, isa, {.exact = exact, .bf16 = scratch.bf16_prefill, .int8 = scratch.int8_prefill}, x, jobs,
+                scratch.gemm);
+  }
 
   // Output rows of all jobs, concatenated, are handed out in blocks from a shared counter: a thread
   // slowed by other work on its core (another process, the host application's threads, a late
