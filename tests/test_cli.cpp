@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "mimo/backend/cpu/isa.hpp"
 #include "support.hpp"
 
 namespace {
@@ -148,6 +149,28 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
   CHECK(bench.out.find("| KV cache | i8 |") != std::string::npos);
   CHECK(bench.out.find("| weight prefetch hint | nta |") != std::string::npos);
 
+  // Prefill's products: every choice runs a prompt long enough for the prefill path, and the
+  // bench table names the path this CPU takes for quantized weights under each.
+  std::string long_prompt = " --tokens 9707";
+  for (int i = 0; i < 23; ++i) long_prompt += "," + std::to_string(100 + 37 * i);
+  const mimo::cpu::Isa isa = mimo::cpu::detect_isa();
+  const std::string int8_path = mimo::cpu::has_avx512(isa) && mimo::cpu::has_vnni(isa) ? "int8 dot products"
+                                : mimo::cpu::has_bf16(isa)                             ? "bf16 dot products"
+                                                                                       : "fp32";
+  const std::pair<const char*, std::string> paths[] = {
+      {"auto", int8_path}, {"int8", int8_path},
+      {"bf16", mimo::cpu::has_bf16(isa) ? "bf16 dot products" : "fp32"}, {"fp32", "fp32"}};
+  for (const auto& [choice, path] : paths) {
+    CAPTURE(choice);
+    auto r = run_mimo("generate --model " + q4 + " --prefill-products " + choice + long_prompt +
+                      " -n 4 --greedy --print-ids --quiet --mtp-depth 0");
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    CHECK(std::count(r.out.begin(), r.out.end(), ',') == 3);
+    auto b = run_mimo("bench --model " + q4 + " --prompt 24 --gen 2 --repeat 1 --threads 1 --prefill-products " + choice);
+    REQUIRE_MESSAGE(b.status == 0, b.err);
+    CHECK_MESSAGE(b.out.find("| prefill products | " + path + " |") != std::string::npos, b.out);
+  }
+
   // A quantized draft head drafts differently but emits the same tokens as plain decoding.
   const std::string drafting = " --tokens 9707 -n 16 --greedy --print-ids --quiet";
   auto plain = run_mimo("generate --mtp-depth 0" + drafting);
@@ -166,6 +189,7 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
       {"quantize --in " + model + " --type q8", "--out is required"},
       {"generate --kv-cache q3" + run, "--kv-cache must be"},
       {"generate --prefetch t1" + run, "--prefetch must be nta or t0"},
+      {"generate --prefill-products int4" + run, "--prefill-products must be auto, int8, bf16 or fp32"},
       {"generate --quantize q2" + run, "--quantize must be"},
       {"generate --draft-head q5" + run, "--draft-head must be"},
       {"generate --draft-layers int4" + run, "--draft-layers must be"},

@@ -57,7 +57,7 @@ double peak_rss_gib() {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
-  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab", "prefetch"},
+  auto args = cli::Args::parse(argc, argv, {"model", "prompt", "gen", "threads", "mtp-depth", "repeat", "context", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab", "prefetch", "prefill-products"},
                                {"exact"});
   if (!args) return cli::fail("bench", args.error());
   auto prompt_n = args->get_int("prompt", 512);
@@ -108,9 +108,9 @@ int cmd_bench(int argc, char** argv) {
   if (auto s = probe(); !s) return cli::fail("bench", s.error());
 
   const int64_t context = *prompt_n + *gen_n + 8;
-  auto session = model->new_session(
-      {.context = context,
-       .backend = {.pool = *pool, .exact = args->flag("exact"), .kv_cache = *kv, .weight_prefetch = *prefetch}});
+  Cpu::ContextOptions backend{.pool = *pool, .exact = args->flag("exact"), .kv_cache = *kv, .weight_prefetch = *prefetch};
+  if (auto s = cli::prefill_products(*args, backend); !s) return cli::fail("bench", s.error());
+  auto session = model->new_session({.context = context, .backend = backend});
   if (!session) return cli::fail("bench", session.error());
   std::mt19937 rng(1234);
   std::vector<int32_t> prompt(static_cast<size_t>(*prompt_n));
@@ -145,8 +145,12 @@ int cmd_bench(int argc, char** argv) {
   std::printf("| KV cache | %s%s |\n", std::string(cpu::to_string(*kv)).c_str(),
               args->flag("exact") ? ", exact (fp32) prefill" : "");
   std::printf("| weight prefetch hint | %s |\n", cpu::to_string(*prefetch));
-  const bool bf16_prefill = !args->flag("exact") && cpu::default_bf16_prefill() && cpu::has_bf16(cpu::detect_isa());
-  std::printf("| prefill products | %s |\n", bf16_prefill ? "bf16 dot products" : "fp32");
+  const cpu::PrefillProducts products{.exact = backend.exact, .bf16 = backend.bf16_prefill, .int8 = backend.int8_prefill};
+  const auto& layers = model->tensors().layers;  // as prefill multiplies by the layers' weights
+  const cpu::GemmPath path = layers.empty() ? cpu::GemmPath::f32
+                                            : cpu::gemm_path(backend.isa, products, layers[0].gate_proj.quant,
+                                                             layers[0].gate_proj.dtype());
+  std::printf("| prefill products | %s |\n", cpu::to_string(path));
   std::printf("| load | %.2f s |\n", load_seconds);
   std::printf("| prefill (%lld tokens) | %.2f tokens/s |\n", static_cast<long long>(*prompt_n), median(prefill_rates));
   std::printf("| decode (%lld tokens, MTP depth %lld) | %.2f tokens/s |\n", static_cast<long long>(*gen_n),

@@ -24,7 +24,7 @@ namespace mimo::cli {
 
 // Options every model-running command accepts.
 inline std::set<std::string> model_options() {
-  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab", "prefetch"};
+  return {"model", "threads", "context", "backend", "tokenizer", "device", "quantize", "kv-cache", "draft-head", "draft-layers", "draft-vocab", "prefetch", "prefill-products"};
 }
 inline std::set<std::string> sampling_options() {
   return {"temp", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "mtp-depth"};
@@ -122,6 +122,22 @@ inline Expected<cpu::WeightPrefetch> weight_prefetch(const Args& args) {
   return Error(Errc::invalid_argument, "--prefetch must be nta or t0, not '" + t + "'");
 }
 
+// --prefill-products {auto,int8,bf16,fp32} (CPU backend): what prefill's products over BF16 and
+// quantized weights may use: auto, the context's defaults (int8 activations for quantized weights
+// where the CPU has AVX512_VNNI; bf16 dot products on AMD); int8, int8 activations where it can,
+// else bf16 dot products; bf16, bf16 dot products where it can; fp32, widened weights (as --exact
+// does for prefill). Sets o's bf16_prefill and int8_prefill.
+inline Status prefill_products(const Args& args, Cpu::ContextOptions& o) {
+  const std::string t = args.get("prefill-products", "auto");
+  if (t == "auto") return ok();
+  if (t != "int8" && t != "bf16" && t != "fp32") {
+    return Error(Errc::invalid_argument, "--prefill-products must be auto, int8, bf16 or fp32, not '" + t + "'");
+  }
+  o.int8_prefill = t == "int8";
+  o.bf16_prefill = t != "fp32";
+  return ok();
+}
+
 // The backend's execution options from the command line (specialised per backend).
 template <class B>
 Expected<typename B::ContextOptions> context_options(const Args& args);
@@ -135,7 +151,9 @@ inline Expected<Cpu::ContextOptions> context_options<Cpu>(const Args& args) {
   if (!kv) return std::move(kv).error();
   auto prefetch = weight_prefetch(args);
   if (!prefetch) return std::move(prefetch).error();
-  return Cpu::ContextOptions{.threads = static_cast<int>(*threads), .kv_cache = *kv, .weight_prefetch = *prefetch};
+  Cpu::ContextOptions o{.threads = static_cast<int>(*threads), .kv_cache = *kv, .weight_prefetch = *prefetch};
+  if (auto s = prefill_products(args, o); !s) return std::move(s).error();
+  return o;
 }
 
 inline void print_stats(const GenerationStats& s) {
