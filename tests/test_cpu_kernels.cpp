@@ -554,7 +554,7 @@ TEST_CASE("linear: several weights in one job, streaming and GEMM paths agree wi
 TEST_CASE("gemm: sizes around the block edges") {
   const std::vector<Format> one = {{DType::bf16}};
   for (int64_t n : {17, 23}) {
-    for (int64_t cols : {1, 2, 31, 255, 256, 257, 520}) {
+    for (int64_t cols : {1, 2, 31, 255, 256, 257, 520, 1030}) {  // K blocks of 512 fp32 or 1024 bf16 columns
       for (bool exact : {true, false}) check_linear(n, cols, one, {1}, exact), check_linear(n, cols, one, {513}, exact);
     }
   }

@@ -192,8 +192,9 @@ MIMO_UNROLL_TILE
     for (int i = 0; i < MR; ++i) {
       // The weight scale times the activation scale, then the block's sum: as the decode kernels round it.
       const __m512 sx = _mm512_set1_ps(lane_f(rec + Int8Rows::kCodes + 4 * i));
-      acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][0]), _mm512_mul_ps(ws0, sx), acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][1]), _mm512_mul_ps(ws1, sx), acc[i][1]);
+      // (maskz: GCC 12 warns that _mm512_cvtepi32_ps's undefined pass-through may be uninitialized.)
+      acc[i][0] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot[i][0]), _mm512_mul_ps(ws0, sx), acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dot[i][1]), _mm512_mul_ps(ws1, sx), acc[i][1]);
     }
     if constexpr (Min) {
       const __m512 mn0 = _mm512_load_ps(p + 1024 + 128), mn1 = _mm512_load_ps(p + 1024 + 192);
