@@ -160,7 +160,8 @@ TEST_CASE("cli: quantize writes a checkpoint that generate runs; --quantize and 
   const std::pair<const char*, std::string> paths[] = {
       {"auto", int8_path}, {"int8", int8_path},
       {"bf16", mimo::cpu::has_bf16(isa) ? "bf16 dot products" : "fp32"}, {"fp32", "fp32"}};
-  for (const auto& [choice, path] : paths) {
+  for (const auto& entry : paths) {
+    const std::string choice = entry.first, path = entry.second;  // (doctest's CAPTURE cannot take structured bindings under clang)
     CAPTURE(choice);
     auto r = run_mimo("generate --model " + q4 + " --prefill-products " + choice + long_prompt +
                       " -n 4 --greedy --print-ids --quiet --mtp-depth 0");
