@@ -209,24 +209,6 @@ MIMO_UNROLL_TILE
   }
 }
 
-// C[MR x 64] += acc, the first `valid` columns (masked loads only for a partial tile).
-template <int MR>
-MIMO_TARGET_AVX512 inline void add_tile(float* c, int64_t ldc, int valid, const __m512 (&acc)[MR][4]) {
-MIMO_UNROLL_TILE
-  for (int i = 0; i < MR; ++i) {
-MIMO_UNROLL_TILE
-    for (int j = 0; j < 4; ++j) {
-      float* cp = c + i * ldc + 16 * j;
-      if (valid >= 64) {
-        _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc[i][j]));
-      } else {
-        const __mmask16 m = lanes_mask(valid - 16 * j);
-        _mm512_mask_storeu_ps(cp, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, cp), acc[i][j]));
-      }
-    }
-  }
-}
-
 // C[MR x 64] += A[MR x kc] B[kc x 64]; A rows lda floats apart, B packed 64 floats a step.
 template <int MR>
 MIMO_TARGET_AVX512 void gemm_kernel_f32_avx512(const float* a, int64_t lda, const float* b, int64_t kc, float* c,

@@ -206,19 +206,7 @@ MIMO_UNROLL_TILE
       }
     }
   }
-MIMO_UNROLL_TILE
-  for (int i = 0; i < MR; ++i) {
-MIMO_UNROLL_TILE
-    for (int j = 0; j < 2; ++j) {
-      float* cp = c + i * ldc + 16 * j;
-      if (valid >= 32) {
-        _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc[i][j]));
-      } else {
-        const __mmask16 m = lanes_mask(valid - 16 * j);
-        _mm512_mask_storeu_ps(cp, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, cp), acc[i][j]));
-      }
-    }
-  }
+  add_tile(c, ldc, valid, acc);
 }
 
 // One work item: weight rows [n0, n1) (at most kGemmNB) times activation rows [m0, m1), whose

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <string_view>
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -206,6 +207,25 @@ MIMO_UNROLL_TILE
     out[4 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x0, x2, 0xdd);
     out[8 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x1, x3, 0x88);
     out[12 + c] = _mm512_maskz_shuffle_i32x4(0xffff, x1, x3, 0xdd);
+  }
+}
+
+// C[MR x 16 J] += acc, the first `valid` columns (masked loads only for a partial tile): the
+// store of every GEMM micro-kernel.
+template <int MR, int J>
+MIMO_TARGET_AVX512 inline void add_tile(float* c, int64_t ldc, int valid, const __m512 (&acc)[MR][J]) {
+MIMO_UNROLL_TILE
+  for (int i = 0; i < MR; ++i) {
+MIMO_UNROLL_TILE
+    for (int j = 0; j < J; ++j) {
+      float* cp = c + i * ldc + 16 * j;
+      if (valid >= 16 * J) {
+        _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), acc[i][j]));
+      } else {
+        const __mmask16 m = lanes_mask(valid - 16 * j);
+        _mm512_mask_storeu_ps(cp, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, cp), acc[i][j]));
+      }
+    }
   }
 }
 
