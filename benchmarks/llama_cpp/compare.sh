@@ -5,7 +5,7 @@
 #   benchmarks/llama_cpp/compare.sh --model DIR [--work DIR] [--threads 2] [--prompt 512] [--gen 16] [--repeat 3] [--reuse]
 #
 # DIR is a bf16 mimo checkpoint (`build/mimo synth --preset 7b --out DIR`). Needs the build
-# (build/mimo, build/benchmarks/export_gguf), npm, cmake, ninja and about 45 GB of disk under the
+# (build/mimo, build/benchmarks/export_gguf), npm, git, cmake, ninja and about 45 GB of disk under the
 # work directory (default /tmp/mimo-llama-cpp) for the GGUF and quantized copies.
 #
 # llama.cpp's source comes from the npm registry (node-llama-cpp ships a git bundle of the
