@@ -78,6 +78,8 @@ llama_rate() {
     { p = $col["n_prompt"]; g = $col["n_gen"]; gsub(/"/, "", p); gsub(/"/, "", g); t = $col["avg_ts"]; gsub(/"/, "", t)
       if ((test == "pp" && g == 0) || (test == "tg" && p == 0)) printf "%.2f", t }' "$1"
 }
+# "1.77x": $1 / $2.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 # A row of `mimo bench`'s table: the value after the first "|" cell that starts with $2.
 mimo_value() { awk -F'|' -v key="$2" 'index($2, " " key) == 1 { v = $3; gsub(/^ +| +$/, "", v); print v; exit }' "$1"; }
 
@@ -101,7 +103,6 @@ row() {  # precision, GGUF name, mimo checkpoint
   local l_pp l_tg
   l_pp=$(llama_rate "$work/llama-$2.csv" pp)
   l_tg=$(llama_rate "$work/llama-$2.csv" tg)
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$l_pp" "$mimo_pp" "$(ratio "$mimo_pp" "$l_pp")" \
     "$l_tg" "$mimo_tg" "$(ratio "$mimo_tg" "$l_tg")" "$bw" >> "$work/table.md"
 }

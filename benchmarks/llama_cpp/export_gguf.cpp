@@ -26,9 +26,12 @@ constexpr uint32_t kGgufF32 = 0, kGgufBf16 = 30;
 constexpr uint32_t kTypeU32 = 4, kTypeI32 = 5, kTypeF32 = 6, kTypeString = 8, kTypeArray = 9;
 constexpr uint64_t kAlignment = 32;
 
+uint64_t padded(uint64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
 // The bytes of a GGUF header, built in memory (the 151,680 token strings make it a few MB).
 struct Header {
   std::vector<char> bytes;
+  uint64_t entries = 0;  // metadata entries written, counted by key()
   template <class T>
   void raw(T v) {
     const auto* p = reinterpret_cast<const char*>(&v);
@@ -39,6 +42,7 @@ struct Header {
     bytes.insert(bytes.end(), s.begin(), s.end());
   }
   void key(std::string_view k, uint32_t type) {
+    ++entries;
     string(k);
     raw(type);
   }
@@ -121,7 +125,6 @@ struct Tensor {
   std::string gguf_name;
   mimo::TensorView view;
   bool as_f32;  // norms and biases
-  uint64_t offset = 0;
   uint64_t bytes() const { return view.numel() * (as_f32 ? 4 : 2); }
 };
 
@@ -172,7 +175,8 @@ int main(int argc, char** argv) {
   h.bytes.insert(h.bytes.end(), {'G', 'G', 'U', 'F'});
   h.raw<uint32_t>(3);
   h.raw<uint64_t>(tensors.size());
-  h.raw<uint64_t>(18);  // the metadata entries below
+  const size_t entries_at = h.bytes.size();
+  h.raw<uint64_t>(0);  // the count of metadata entries, filled in below
   h.str("general.architecture", "qwen2");
   h.str("general.name", "mimo main model (export_gguf)");
   h.u32("general.file_type", 32);  // mostly bf16
@@ -192,6 +196,7 @@ int main(int argc, char** argv) {
   const int64_t eos = c.eos_token_id.empty() ? 0 : c.eos_token_id.front();
   h.u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(c.bos_token_id >= 0 ? c.bos_token_id : eos));
   h.u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(eos));
+  std::memcpy(h.bytes.data() + entries_at, &h.entries, sizeof h.entries);
 
   uint64_t offset = 0;
   for (Tensor& t : tensors) {
@@ -201,10 +206,9 @@ int main(int argc, char** argv) {
     for (size_t d = shape.size(); d-- > 0;) h.raw<uint64_t>(static_cast<uint64_t>(shape[d]));  // innermost first
     h.raw(t.as_f32 ? kGgufF32 : kGgufBf16);
     h.raw(offset);
-    t.offset = offset;
-    offset += (t.bytes() + kAlignment - 1) / kAlignment * kAlignment;
+    offset += padded(t.bytes());
   }
-  h.bytes.resize((h.bytes.size() + kAlignment - 1) / kAlignment * kAlignment, 0);
+  h.bytes.resize(padded(h.bytes.size()), 0);
 
   std::FILE* out = std::fopen(out_path.c_str(), "wb");
   if (!out) fail(out_path + ": cannot create");
@@ -219,7 +223,7 @@ int main(int argc, char** argv) {
     } else {
       ok = ok && std::fwrite(t.view.data, 1, t.bytes(), out) == t.bytes();
     }
-    const uint64_t pad = (kAlignment - t.bytes() % kAlignment) % kAlignment;
+    const uint64_t pad = padded(t.bytes()) - t.bytes();
     ok = ok && std::fwrite(zeros, 1, pad, out) == pad;
   }
   ok = std::fclose(out) == 0 && ok;
