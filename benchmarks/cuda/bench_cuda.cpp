@@ -1,7 +1,8 @@
 // bench_cuda: the CUDA backend on a checkpoint (meant for `mimo synth --preset 7b`), one table:
 //   load time; the device's measured copy bandwidth; decode tokens/s at batch 1 (median step) for
 //   Session<Cuda> (eager, logits to the host) and for a graph-captured step with device argmax,
-//   with bytes read per token and the fraction of the bandwidth limit; prefill tokens/s for the
+//   each also with ContextOptions::fuse_kernels, with bytes read per token and the fraction of the
+//   bandwidth limit; prefill tokens/s for the
 //   given prompt lengths with both product precisions; speculative decoding with a replay drafter
 //   at 100% acceptance (generate() with sessions, and graph-captured verification passes).
 // Result checks: the greedy tokens of the session and the graph decoder must agree, and a checksum
@@ -176,25 +177,37 @@ int main(int argc, char** argv) {
   };
   const double avg_length = static_cast<double>(prompt_len) + static_cast<double>(decode) / 2;
 
-  // --- decode at batch 1: Session<Cuda>, eager, logits to the host ---
+  // --- decode at batch 1: Session<Cuda>, eager, logits to the host; plain and fused kernels ---
   std::vector<int32_t> session_tokens;
-  {
-    auto s = must(model.new_session({.context = context, .batch = 256}), "session");
+  for (bool fuse : {false, true}) {
+    auto s = must(model.new_session({.context = context, .batch = 256, .backend = {.fuse_kernels = fuse}}), "session");
     auto logits = must(s.append(prompt), "prefill");
     std::vector<double> steps;
+    std::vector<int32_t> tokens;
     for (int64_t i = 0; i < decode; ++i) {
-      session_tokens.push_back(static_cast<int32_t>(std::max_element(logits.last().begin(), logits.last().end()) - logits.last().begin()));
+      tokens.push_back(static_cast<int32_t>(std::max_element(logits.last().begin(), logits.last().end()) - logits.last().begin()));
       const auto t = Clock::now();
-      logits = must(s.append({session_tokens.back()}), "decode");
+      logits = must(s.append({tokens.back()}), "decode");
       steps.push_back(since(t));
     }
     const double tok_s = 1.0 / median(steps);
-    row("decode batch 1: Session (eager, logits to host)", fmt("%.1f tok/s", tok_s), bandwidth(tok_s, avg_length));
+    if (!fuse) session_tokens = tokens;
+    row(fuse ? "decode batch 1: Session, fused kernels" : "decode batch 1: Session (eager, logits to host)", fmt("%.1f tok/s", tok_s),
+        bandwidth(tok_s, avg_length) + (fuse ? std::string(", same tokens: ") + (tokens == session_tokens ? "yes" : "NO") : std::string()));
   }
 
   // --- decode at batch 1: one graph per step, argmax on the device ---
-  for (bool graphs : {false, true}) {
-    auto d = must(cuda_test::GraphDecoder::create(model, context, static_cast<int64_t>(kDecoderBatch), {.graphs = graphs}), "decoder");
+  struct DecodeVariant {
+    bool graphs, fuse;
+    const char* name;
+  };
+  for (DecodeVariant v : {DecodeVariant{false, false, "decode batch 1: eager + device argmax"},
+                          DecodeVariant{true, false, "decode batch 1: CUDA graph + device argmax"},
+                          DecodeVariant{true, true, "decode batch 1: graph + argmax, fused kernels"}}) {
+    const bool graphs = v.graphs;
+    auto d = must(cuda_test::GraphDecoder::create(model, context, static_cast<int64_t>(kDecoderBatch),
+                                                  {.graphs = graphs, .fuse_kernels = v.fuse}),
+                  "decoder");
     std::vector<int32_t> ids, out;
     prefill(d, prompt, ids);
     std::vector<double> steps;
@@ -206,14 +219,14 @@ int main(int argc, char** argv) {
     }
     const double tok_s = 1.0 / median(steps);
     const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), session_tokens.begin()).first - out.begin());
-    row(graphs ? "decode batch 1: CUDA graph + device argmax" : "decode batch 1: eager + device argmax", fmt("%.1f tok/s", tok_s),
+    row(v.name, fmt("%.1f tok/s", tok_s),
         bandwidth(tok_s, avg_length) + ", same tokens as the session: " + std::to_string(agree) + "/" + std::to_string(decode) +
             (graphs ? ", graph launches " + std::to_string(mimo::Cuda::graph_launches(d.context())) : std::string()));
-    if (graphs) {
+    if (graphs && !v.fuse) {
       std::vector<float> last;
       must(d.logits(last), "logits");
       double sum = 0.0;
-      for (float v : last) sum += v;
+      for (float value : last) sum += value;
       std::string first;
       for (size_t i = 0; i < std::min<size_t>(3, out.size()); ++i) first += (i ? "," : "") + std::to_string(out[i]);
       row("result check", fmt("%.6g", sum), "sum of the last logits row; first tokens " + first);

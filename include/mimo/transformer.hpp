@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <span>
 #include <vector>
@@ -162,21 +163,64 @@ inline AttentionShape attention_shape(const ModelConfig& c) {
   return AttentionShape{c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rope_theta};
 }
 
+namespace detail {
+
+// The fused ops of the backend surface, where the backend has them, else their plain ops.
+
+// normed = rms_norm(x); op.out (+)= normed W^T + bias for every op.
+template <class B>
+void rms_norm_linear(typename B::Context& ctx, const Rows& x, const typename B::Vector& weight, double eps,
+                     const Rows& normed, std::initializer_list<typename B::LinearOp> ops) {
+  const std::span<const typename B::LinearOp> all(ops.begin(), ops.size());
+  if constexpr (requires { B::rms_norm_linear(ctx, x, weight, eps, normed, all); }) {
+    B::rms_norm_linear(ctx, x, weight, eps, normed, all);
+  } else {
+    B::rms_norm(ctx, x, weight, eps, normed);
+    B::linear(ctx, normed, all);
+  }
+}
+
+// normed = rms_norm(x); gate = silu(normed Wg^T) * (normed Wu^T).
+template <class B>
+void rms_norm_swiglu(typename B::Context& ctx, const Rows& x, const typename B::Vector& weight, double eps,
+                     const Rows& normed, const typename B::Linear& gate_proj, const typename B::Linear& up_proj,
+                     const Rows& gate, const Rows& up) {
+  if constexpr (requires { B::rms_norm_swiglu(ctx, x, weight, eps, normed, gate_proj, up_proj, gate, up); }) {
+    B::rms_norm_swiglu(ctx, x, weight, eps, normed, gate_proj, up_proj, gate, up);
+  } else {
+    B::rms_norm(ctx, x, weight, eps, normed);
+    B::linear(ctx, normed, {{&gate_proj, nullptr, gate}, {&up_proj, nullptr, up}});
+    B::silu_mul(ctx, gate, up);
+  }
+}
+
+// RoPE of q and k at `positions`, then attention (which stores k and v first).
+template <class B>
+void rope_attention(typename B::Context& ctx, typename B::KvCache& kv, int64_t layer, int64_t length, const Rows& q,
+                    const Rows& k, const Rows& v, const AttentionShape& shape, std::span<const int64_t> positions,
+                    const Rows& out) {
+  if constexpr (requires { B::rope_attention(ctx, kv, layer, length, q, k, v, shape, positions, out); }) {
+    B::rope_attention(ctx, kv, layer, length, q, k, v, shape, positions, out);
+  } else {
+    B::rope(ctx, q, shape.num_heads, shape, positions);
+    B::rope(ctx, k, shape.num_kv_heads, shape, positions);
+    B::attention(ctx, kv, layer, length, q, k, v, shape, out);
+  }
+}
+
+}  // namespace detail
+
 // One pre-norm decoder block over the rows in a.x (updated in place). New keys and values go to
 // entries [length, length + n) of `layer` in `kv`; row i attends to entries [0, length + i].
 template <class B>
 void decoder_block(typename B::Context& ctx, const ModelConfig& c, const BlockWeights<B>& w, typename B::KvCache& kv,
                    int64_t layer, int64_t length, std::span<const int64_t> positions, Activations<B>& a) {
-  const AttentionShape shape = attention_shape(c);
-  B::rms_norm(ctx, a.x, w.input_layernorm, c.rms_norm_eps, a.xn);
-  B::linear(ctx, a.xn, {{&w.q_proj, &w.q_bias, a.q}, {&w.k_proj, &w.k_bias, a.k}, {&w.v_proj, &w.v_bias, a.v}});
-  B::rope(ctx, a.q, shape.num_heads, shape, positions);
-  B::rope(ctx, a.k, shape.num_kv_heads, shape, positions);
-  B::attention(ctx, kv, layer, length, a.q, a.k, a.v, shape, a.attn);
+  detail::rms_norm_linear<B>(ctx, a.x, w.input_layernorm, c.rms_norm_eps, a.xn,
+                             {{&w.q_proj, &w.q_bias, a.q}, {&w.k_proj, &w.k_bias, a.k}, {&w.v_proj, &w.v_bias, a.v}});
+  detail::rope_attention<B>(ctx, kv, layer, length, a.q, a.k, a.v, attention_shape(c), positions, a.attn);
   B::linear(ctx, a.attn, {{&w.o_proj, nullptr, a.x, true}});
-  B::rms_norm(ctx, a.x, w.post_attention_layernorm, c.rms_norm_eps, a.xn);
-  B::linear(ctx, a.xn, {{&w.gate_proj, nullptr, a.gate}, {&w.up_proj, nullptr, a.up}});
-  B::silu_mul(ctx, a.gate, a.up);
+  detail::rms_norm_swiglu<B>(ctx, a.x, w.post_attention_layernorm, c.rms_norm_eps, a.xn, w.gate_proj, w.up_proj, a.gate,
+                             a.up);
   B::linear(ctx, a.gate, {{&w.down_proj, nullptr, a.x, true}});
 }
 

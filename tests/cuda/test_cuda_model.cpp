@@ -150,6 +150,21 @@ TEST_CASE("cuda fixture: main logits at every position (one call, and token by t
     }
     check_logits(got.data(), f.main_logits, f.main_argmax, f.main_margin, T, f.vocab, 2e-2, 0.0);
   }
+  SUBCASE("token by token with fused kernels: the plain kernels' logits, bit for bit") {
+    auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
+    auto plain = session_of(model, 64);
+    std::vector<float> got, expected;
+    for (int32_t t : f.prompt) {
+      auto logits = fused.append({t});
+      REQUIRE_MESSAGE(logits.has_value(), (logits ? "" : logits.error().describe()));
+      got.insert(got.end(), logits->data, logits->data + f.vocab);
+      auto reference = plain.append({t});
+      REQUIRE(reference.has_value());
+      expected.insert(expected.end(), reference->data, reference->data + f.vocab);
+    }
+    CHECK(got == expected);
+    check_logits(got.data(), f.main_logits, f.main_argmax, f.main_margin, T, f.vocab, 2e-2, 0.0);
+  }
   SUBCASE("every kernel forced: tiled attention and cuBLASLt for single rows") {
     auto s = session_of(model, 64, 256, {.gemv_max_rows = 0, .decode_attention_max_rows = 0});
     std::vector<float> got;
@@ -191,6 +206,20 @@ TEST_CASE("cuda fixture: greedy continuation of 16 tokens, with sessions and wit
   const auto model = load<Cuda>(test::tiny_fixture());
   auto s = session_of(model, 64);
   CHECK(greedy(s, f.prompt, 16) == f.greedy);
+  {
+    auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
+    CHECK(greedy(fused, f.prompt, 16) == f.greedy);
+    auto d = cuda_test::GraphDecoder::create(model, 64, 32, {.fuse_kernels = true});
+    REQUIRE_MESSAGE(d.has_value(), (d ? "" : d.error().describe()));
+    std::vector<int32_t> ids, out;
+    cuda_test::require_ok(d->step(f.prompt, false, ids));
+    for (int i = 0; i < 16; ++i) {
+      out.push_back(ids.back());
+      cuda_test::require_ok(d->step(std::span<const int32_t>(&out.back(), 1), false, ids));
+    }
+    CHECK(out == f.greedy);
+    CHECK(Cuda::graph_launches(d->context()) >= 10);
+  }
 
   auto d = cuda_test::GraphDecoder::create(model, 64, 32);
   REQUIRE_MESSAGE(d.has_value(), (d ? "" : d.error().describe()));
@@ -281,7 +310,10 @@ TEST_CASE("cuda vs cpu on generated shapes: logits, MTP logits, greedy") {
     if (sh.dtype == mimo::DType::bf16) {
       auto c = session_of(cpu_model, 128);
       auto g = session_of(gpu_model, 128);
-      CHECK(greedy(g, prompt, 24) == greedy(c, prompt, 24));
+      auto fused = session_of(gpu_model, 128, 256, {.fuse_kernels = true});
+      const auto expected = greedy(c, prompt, 24);
+      CHECK(greedy(g, prompt, 24) == expected);
+      CHECK(greedy(fused, prompt, 24) == expected);
     }
   }
 }
@@ -351,8 +383,9 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
   test::synthesize(dir.path(), config, 21);
   const auto model = load<Cuda>(dir.path());
   const auto prompt = test::random_tokens(30, config.vocab_size, 9);
+  bool fuse = false;
   auto run = [&](int depth, mimo::Drafter<Cuda>* drafter, mimo::SpeculativeStats* stats) {
-    auto s = session_of(model, 512, 64);
+    auto s = session_of(model, 512, 64, {.fuse_kernels = fuse});
     auto sampler = mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(config.vocab_size));
     REQUIRE(sampler.has_value());
     auto g = mimo::generate(s, prompt, *sampler,
@@ -376,6 +409,14 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
     mimo::SpeculativeStats stats;
     CHECK(run(4, &replay, &stats) == plain);
     if (accuracy == 1.0) CHECK(stats.accepted == stats.drafted);
+  }
+  // With fused kernels (single rows fused, verification passes not, the same bits either way).
+  fuse = true;
+  CHECK(run(0, nullptr, nullptr) == plain);
+  for (int depth = 1; depth <= 3; ++depth) {
+    CAPTURE(depth);
+    mimo::SpeculativeStats stats;
+    CHECK(run(depth, nullptr, &stats) == plain);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 
 #include "cuda_support.hpp"
@@ -22,6 +23,20 @@ using cuda_test::random_values;
 namespace {
 
 const mimo::AttentionShape kNoAttention{1, 1, 2, 10000.0};
+
+// The value of every float of fresh DeviceRows (0x7f bytes).
+float unwritten() {
+  float f;
+  const uint32_t bits = 0x7f7f7f7fu;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+std::vector<float> as_floats(const std::vector<std::byte>& bytes) {
+  std::vector<float> v(bytes.size() / sizeof(float));
+  std::memcpy(v.data(), bytes.data(), v.size() * sizeof(float));
+  return v;
+}
 
 }  // namespace
 
@@ -274,6 +289,203 @@ TEST_CASE("cuda ops: attention, split-K and tiled kernels, grouped heads, after 
       cuda_test::require_ok(Cpu::kv_save(ckv, length, wa));
       cuda_test::require_ok(Cuda::kv_save(gkv, length, wb));
       CHECK(a == b);
+    }
+  }
+}
+
+TEST_CASE("cuda ops: fused rms_norm_linear and rms_norm_swiglu equal the plain ops they stand for") {
+  // One row takes the fused GEMV (the norm folded into the product), which must give the plain
+  // ops' bits; 3 rows, 100 columns (not a multiple of 8) or five products run as the plain ops.
+  // Every case also against the CPU's plain ops.
+  Contexts ctx(kNoAttention, 16, {.fuse_kernels = true});
+  auto plain_ctx = Cuda::make_context({}, kNoAttention, 16, 4096);
+  REQUIRE(plain_ctx.has_value());
+  Cuda::Context& plain = *plain_ctx;
+  {
+    for (int64_t rows : {1, 3}) {
+      // 8200 columns: more than the fused kernel's shared memory holds.
+      for (auto [in, out] : {std::pair<int64_t, int64_t>{64, 13}, {100, 30}, {4104, 40}, {4096, 257}, {8200, 16}}) {
+        for (int products : {3, 5}) {
+          CAPTURE(rows);
+          CAPTURE(in);
+          CAPTURE(out);
+          CAPTURE(products);
+          const auto x = random_values(static_cast<size_t>(rows * in), 40, 2.0f);
+          const HostTensor norm("norm", mimo::DType::bf16, {in}, random_values(static_cast<size_t>(in), 41));
+          auto cn = Cpu::make_vector(norm.view());
+          auto gn = Cuda::make_vector(norm.view());
+          REQUIRE(gn.has_value());
+          std::vector<HostTensor> weights, biases;
+          std::vector<Cpu::Linear> cw;
+          std::vector<Cuda::Linear> gw;
+          std::vector<Cpu::Vector> cb;
+          std::vector<Cuda::Vector> gb;
+          for (int j = 0; j < products; ++j) {
+            weights.emplace_back("w" + std::to_string(j), mimo::DType::bf16, std::vector<int64_t>{out + j, in},
+                                 random_values(static_cast<size_t>((out + j) * in), 50 + static_cast<uint32_t>(j), 0.1f));
+            biases.emplace_back("b" + std::to_string(j), mimo::DType::bf16, std::vector<int64_t>{out + j},
+                                random_values(static_cast<size_t>(out + j), 60 + static_cast<uint32_t>(j)));
+          }
+          for (int j = 0; j < products; ++j) {
+            const size_t u = static_cast<size_t>(j);
+            cw.push_back(*Cpu::make_linear(weights[u].view()));
+            auto g = Cuda::make_linear(weights[u].view());
+            REQUIRE(g.has_value());
+            gw.push_back(std::move(*g));
+            cb.push_back(*Cpu::make_vector(biases[u].view()));
+            auto v = Cuda::make_vector(biases[u].view());
+            REQUIRE(v.has_value());
+            gb.push_back(std::move(*v));
+          }
+          HostRows hx(rows, in, in + 4), hn(rows, in);
+          DeviceRows dx(rows, in, in + 4), dn(rows, in), pn(rows, in);
+          hx.upload(x);
+          dx.upload(x);
+          std::vector<HostRows> hy;
+          std::vector<DeviceRows> dy, py;  // fused (where it applies), plain
+          std::vector<Cpu::LinearOp> cops;
+          std::vector<Cuda::LinearOp> gops, pops;
+          for (int j = 0; j < products; ++j) {
+            const int64_t width = out + j;
+            hy.emplace_back(rows, width, width + j);
+            dy.emplace_back(rows, width, width + j);
+            py.emplace_back(rows, width, width + j);
+            const auto init = random_values(static_cast<size_t>(rows * width), 70 + static_cast<uint32_t>(j));
+            hy.back().upload(init);  // the last product accumulates into it
+            dy.back().upload(init);
+            py.back().upload(init);
+          }
+          for (int j = 0; j < products; ++j) {
+            const size_t u = static_cast<size_t>(j);
+            const bool bias = j != 1, accumulate = j == products - 1;  // one product without bias
+            cops.push_back({&cw[u], bias ? &cb[u] : nullptr, hy[u].rows, accumulate});
+            gops.push_back({&gw[u], bias ? &gb[u] : nullptr, dy[u].rows, accumulate});
+            pops.push_back({&gw[u], bias ? &gb[u] : nullptr, py[u].rows, accumulate});
+          }
+          Cpu::rms_norm(ctx.cpu, hx.rows, *cn, 1e-6, hn.rows);
+          Cpu::linear(ctx.cpu, hn.rows, std::span<const Cpu::LinearOp>(cops).first(3));
+          if (products > 3) Cpu::linear(ctx.cpu, hn.rows, std::span<const Cpu::LinearOp>(cops).subspan(3));
+          Cuda::rms_norm_linear(ctx.gpu, dx.rows, *gn, 1e-6, dn.rows, gops);
+          Cuda::rms_norm(plain, dx.rows, *gn, 1e-6, pn.rows);
+          Cuda::linear(plain, pn.rows, pops);
+          ctx.sync();
+          cuda_test::require_ok(Cuda::synchronize(plain));
+          // The fused kernel leaves the normed rows unwritten (DeviceRows' poison stays): proof
+          // that it ran where it should, and only there.
+          const bool fusable = rows == 1 && in % 8 == 0 && in <= 8192 && products <= 4;
+          const std::vector<float> poison(static_cast<size_t>(rows * in), unwritten());
+          CHECK((dn.download() == poison) == fusable);
+          for (int j = 0; j < products; ++j) {
+            CAPTURE(j);
+            const auto got = dy[static_cast<size_t>(j)].download();
+            CHECK(got == py[static_cast<size_t>(j)].download());
+            CHECK(nmse(got, hy[static_cast<size_t>(j)].download()) < 1e-10);
+          }
+          CHECK(dx.download() == x);  // the input rows are left as they were
+
+          // The MLP's first half over the same input: gate (the first weight) and up products of
+          // `out` rows.
+          const HostTensor up("up", mimo::DType::bf16, {out, in}, random_values(static_cast<size_t>(out * in), 80, 0.1f));
+          const Cpu::Linear cup = *Cpu::make_linear(up.view());
+          auto gup = Cuda::make_linear(up.view());
+          REQUIRE(gup.has_value());
+          HostRows hg(rows, out), hu(rows, out);
+          DeviceRows dg(rows, out, out + 4), du(rows, out), pg(rows, out, out + 4), pu(rows, out);
+          Cpu::rms_norm(ctx.cpu, hx.rows, *cn, 1e-6, hn.rows);
+          Cpu::linear(ctx.cpu, hn.rows, {{&cw[0], nullptr, hg.rows}, {&cup, nullptr, hu.rows}});
+          Cpu::silu_mul(ctx.cpu, hg.rows, hu.rows);
+          Cuda::rms_norm_swiglu(ctx.gpu, dx.rows, *gn, 1e-6, dn.rows, gw[0], *gup, dg.rows, du.rows);
+          Cuda::rms_norm(plain, dx.rows, *gn, 1e-6, pn.rows);
+          Cuda::linear(plain, pn.rows, {{&gw[0], nullptr, pg.rows}, {&*gup, nullptr, pu.rows}});
+          Cuda::silu_mul(plain, pg.rows, pu.rows);
+          ctx.sync();
+          cuda_test::require_ok(Cuda::synchronize(plain));
+          const auto gate = dg.download();
+          CHECK(gate == pg.download());
+          CHECK(nmse(gate, hg.download()) < 1e-10);
+          CHECK((du.download() == std::vector<float>(static_cast<size_t>(rows * out), unwritten())) == fusable);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda ops: fused rope_attention equals rope, rope and attention") {
+  struct Shape {
+    int64_t heads, kv_heads, head_dim;
+  };
+  for (Shape sh : {Shape{4, 2, 16}, Shape{32, 8, 128}, Shape{6, 3, 48}, Shape{12, 1, 2}}) {
+    for (bool fuse : {true, false}) {
+      CAPTURE(sh.heads);
+      CAPTURE(sh.kv_heads);
+      CAPTURE(sh.head_dim);
+      CAPTURE(fuse);
+      const int64_t capacity = 600;
+      const mimo::AttentionShape s{sh.heads, sh.kv_heads, sh.head_dim, 640000.0};
+      Contexts ctx(s, capacity, {.fuse_kernels = fuse});
+      auto plain_ctx = Cuda::make_context({}, s, capacity, 4096);
+      REQUIRE(plain_ctx.has_value());
+      Cuda::Context& plain = *plain_ctx;
+      Cpu::KvCache ckv;
+      Cuda::KvCache gkv, pkv;
+      cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 2, s, capacity));
+      cuda_test::require_ok(Cuda::make_kv_cache(gkv, 2, s, capacity));
+      cuda_test::require_ok(Cuda::make_kv_cache(pkv, 2, s, capacity));
+      const int64_t qw = sh.heads * sh.head_dim, kw = sh.kv_heads * sh.head_dim;
+      int64_t length = 0;
+      uint32_t seed = 200;
+      for (int64_t n : {int64_t{37}, int64_t{1}, int64_t{3}, int64_t{8}, int64_t{300}, int64_t{1}}) {
+        CAPTURE(length);
+        CAPTURE(n);
+        std::vector<int64_t> positions(static_cast<size_t>(n));
+        std::iota(positions.begin(), positions.end(), length + 1000);  // not the cache entries
+        for (int64_t layer : {int64_t{1}, int64_t{0}}) {
+          CAPTURE(layer);
+          const auto q = random_values(static_cast<size_t>(n * qw), seed++);
+          const auto k = random_values(static_cast<size_t>(n * kw), seed++);
+          const auto v = random_values(static_cast<size_t>(n * kw), seed++);
+          HostRows hq(n, qw, qw + 4), hk(n, kw), hv(n, kw, kw + 2), ho(n, qw);
+          DeviceRows dq(n, qw, qw + 4), dk(n, kw), dv(n, kw, kw + 2), dout(n, qw);
+          DeviceRows pq(n, qw, qw + 4), pk(n, kw), pv(n, kw, kw + 2), pout(n, qw);
+          hq.upload(q);
+          dq.upload(q);
+          pq.upload(q);
+          hk.upload(k);
+          dk.upload(k);
+          pk.upload(k);
+          hv.upload(v);
+          dv.upload(v);
+          pv.upload(v);
+          Cpu::rope(ctx.cpu, hq.rows, s.num_heads, s, positions);
+          Cpu::rope(ctx.cpu, hk.rows, s.num_kv_heads, s, positions);
+          Cpu::attention(ctx.cpu, ckv, layer, length, hq.rows, hk.rows, hv.rows, s, ho.rows);
+          Cuda::rope_attention(ctx.gpu, gkv, layer, length, dq.rows, dk.rows, dv.rows, s, positions, dout.rows);
+          Cuda::rope(plain, pq.rows, s.num_heads, s, positions);
+          Cuda::rope(plain, pk.rows, s.num_kv_heads, s, positions);
+          Cuda::attention(plain, pkv, layer, length, pq.rows, pk.rows, pv.rows, s, pout.rows);
+          ctx.sync();
+          cuda_test::require_ok(Cuda::synchronize(plain));
+          const auto out = dout.download();
+          CHECK(out == pout.download());
+          CHECK(nmse(out, ho.download()) < 1e-10);
+          // q and k rotated in place, as rope does (the GPU contracts a rotation to an FMA, the
+          // CPU build need not: a last-bit difference from the CPU).
+          CHECK(dq.download() == pq.download());
+          CHECK(dk.download() == pk.download());
+          CHECK(nmse(dq.download(), hq.download()) < 1e-12);
+          CHECK(nmse(dk.download(), hk.download()) < 1e-12);
+        }
+        length += n;
+      }
+      // The caches hold the same (rotated) keys and values: the plain GPU ops' bits, the CPU's
+      // to the last bit.
+      std::vector<std::byte> a, b, p;
+      mimo::detail::ByteWriter wa(a), wb(b), wp(p);
+      cuda_test::require_ok(Cpu::kv_save(ckv, length, wa));
+      cuda_test::require_ok(Cuda::kv_save(gkv, length, wb));
+      cuda_test::require_ok(Cuda::kv_save(pkv, length, wp));
+      CHECK(b == p);
+      CHECK(nmse(as_floats(b), as_floats(a)) < 1e-12);
     }
   }
 }

@@ -40,6 +40,15 @@
 //     gather_rows(ctx, src, rows (host), dst)         dst[i] = src[rows[i]]
 //     copy_rows(ctx, src, dst)
 //     to_host(ctx, src, float* dst) -> Status         copies rows to host memory; a synchronisation point
+//   fused ops (optional: where a backend lacks one, the model runs the plain ops it stands for;
+//   a backend that fuses may leave the scratch rows named below unwritten)
+//     rms_norm_linear(ctx, x, weight, eps, normed, span<LinearOp>)
+//                                                     rms_norm into normed (scratch), then linear over it
+//     rms_norm_swiglu(ctx, x, weight, eps, normed, gate_proj, up_proj, gate, up)
+//                                                     rms_norm into normed (scratch), the gate and up products
+//                                                     into gate and up (scratch), then silu_mul(gate, up)
+//     rope_attention(ctx, kv, layer, length, q, k, v, shape, positions, out)
+//                                                     rope of q (num_heads) and of k (num_kv_heads), then attention
 //   saved state (session save/restore)
 //     kv_format(kv) -> u32, kv_bytes(kv, length), kv_bytes_layers(kv, layers, length)
 //     kv_save(kv, length, ByteWriter&), kv_load(kv, length, ByteReader&) -> Status

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "mimo/backend/cuda/common.cuh"
+#include "mimo/backend/cuda/rms_norm.cuh"
 
 namespace mimo::cuda {
 namespace kernels {
@@ -189,9 +190,140 @@ cudaError_t gemv_rows(cudaStream_t stream, const GemvBatch& b, const float* x, i
   return launched();
 }
 
+// The products of one decode row over rms_norm(x), the norm folded in: each block first normalises
+// x into shared memory with rms_norm_row (the rms_norm kernel's own code, so the same bits), while
+// the first weight loads of its warps are already in flight; the product then reads the normed
+// row from shared memory. One weight row per warp with 8 loads per lane in flight, or with SWIGLU
+// the same row of the gate (jobs[0]) and up (jobs[1]) products with 4 loads each, written as
+// silu(gate) * up (silu_mul's arithmetic). Every lane sums its columns in gemv_kernel's order, so
+// the results equal rms_norm, then gemv_kernel<1, 1, 8, true> (and silu_mul) bit for bit.
+// Dynamic shared memory: cols floats. cols % 8 == 0; x, gamma and the weights 16-byte aligned.
+template <bool SWIGLU>
+__global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, const float* __restrict__ x,
+                                                                 const float* __restrict__ gamma, double eps,
+                                                                 int64_t cols, int64_t total_rows) {
+  static_assert(kGemvThreads == kNormThreads, "rms_norm_row needs the whole block");
+  extern __shared__ float4 normed_shared[];
+  const float* normed = reinterpret_cast<const float*>(normed_shared);
+  constexpr int P = SWIGLU ? 2 : 1;  // weight rows per warp
+  constexpr int U = 8 / P;           // loads per row and lane in flight
+  constexpr int64_t kStep = 32 * 8;  // columns a warp covers with one 16-byte load per lane
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  const bool active = warp < total_rows;  // a warp past the end still takes part in the norm
+  const int64_t g = active ? warp : 0;  // an inactive warp loads nothing, but needs a valid job
+  int64_t row = g;
+  const GemvJob job = SWIGLU ? b.jobs[0] : gemv_locate(b, g, row);
+  const uint16_t* w[P];
+  w[0] = job.weight + row * cols;
+  if constexpr (SWIGLU) w[1] = b.jobs[1].weight + row * cols;
+
+  // The first U column groups of each row, loaded before the norm.
+  const int64_t k0 = static_cast<int64_t>(lane) * 8;
+  uint4 head[U][P];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      head[u][p] = active && k0 + u * kStep < cols ? load_streaming(w[p] + k0 + u * kStep) : make_uint4(0, 0, 0, 0);
+    }
+  }
+  // Two float4 of x per thread in registers (of 4 for 4096 columns): the norm's sums and products
+  // are the same whatever it keeps, and the weight loads above hold 32 registers already.
+  rms_norm_row<true, 2>(x, gamma, eps, cols, reinterpret_cast<float*>(normed_shared));
+  __syncthreads();
+  if (!active) return;
+
+  float acc[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p) acc[p] = 0.0f;
+  // Multiplies the 8 weights of row p at column k (already loaded) into the normed row.
+  const auto fma8 = [&](int p, const uint4& packed, int64_t k) {
+    float wf[8];
+    unpack8(packed, wf);
+    const float4 a = *reinterpret_cast<const float4*>(normed + k);
+    const float4 c = *reinterpret_cast<const float4*>(normed + k + 4);
+    const float xv[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[p] = fmaf(wf[i], xv[i], acc[p]);
+  };
+  // Columns in increasing order per lane, as gemv_kernel: the head groups, then the rest.
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (k0 + u * kStep < cols) {
+#pragma unroll
+      for (int p = 0; p < P; ++p) fma8(p, head[u][p], k0 + u * kStep);
+    }
+  }
+  int64_t k = k0 + U * kStep;
+  for (; k + (U - 1) * kStep < cols; k += U * kStep) {
+    uint4 wv[U][P];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int p = 0; p < P; ++p) wv[u][p] = load_streaming(w[p] + k + u * kStep);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int p = 0; p < P; ++p) fma8(p, wv[u][p], k + u * kStep);
+    }
+  }
+  for (; k < cols; k += kStep) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) fma8(p, load_streaming(w[p] + k), k);
+  }
+
+#pragma unroll
+  for (int p = 0; p < P; ++p) acc[p] = warp_sum(acc[p]);
+  if (lane != 0) return;
+  if constexpr (SWIGLU) {
+    // + 0.0f: the plain GEMV stores acc + 0.0f (no bias), which turns -0 into +0.
+    const float gate = acc[0] + 0.0f, up = acc[1] + 0.0f;
+    job.out[row] = gate / (1.0f + expf(-gate)) * up;
+  } else {
+    float* o = job.out + row;
+    const float y = acc[0] + (job.bias ? job.bias[row] : 0.0f);
+    *o = job.accumulate ? *o + y : y;
+  }
+}
+
 }  // namespace kernels
 
 namespace launch {
+
+bool gemv_norm_fits(const GemvBatch& batch, const float* x, const float* norm_weight, int64_t cols, bool swiglu) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (batch.count < 1 || batch.count > kMaxGemvJobs || cols <= 0 || cols % 8 != 0 || cols > kMaxGemvNormCols ||
+      !aligned(x) || !aligned(norm_weight)) {
+    return false;
+  }
+  for (int j = 0; j < batch.count; ++j) {
+    if (!aligned(batch.jobs[j].weight) || batch.jobs[j].rows <= 0) return false;
+  }
+  if (!swiglu) return true;
+  const GemvJob& gate = batch.jobs[0];
+  const GemvJob& up = batch.jobs[1];
+  return batch.count == 2 && gate.rows == up.rows && !gate.bias && !up.bias && !gate.accumulate && !up.accumulate;
+}
+
+cudaError_t gemv_norm(cudaStream_t stream, const GemvBatch& batch, const float* x, const float* norm_weight, double eps,
+                      int64_t cols, bool swiglu) {
+  if (!gemv_norm_fits(batch, x, norm_weight, cols, swiglu)) return cudaErrorInvalidValue;
+  // One warp per output row (per gate row with its up row).
+  int64_t total = 0;
+  for (int j = 0; j < (swiglu ? 1 : batch.count); ++j) total += batch.jobs[j].rows;
+  const int64_t blocks = (total + kernels::kGemvWarps - 1) / kernels::kGemvWarps;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const unsigned grid = static_cast<unsigned>(blocks);
+  const size_t shared = static_cast<size_t>(cols) * sizeof(float);
+  if (swiglu) {
+    kernels::gemv_norm_kernel<true><<<grid, kernels::kGemvThreads, shared, stream>>>(batch, x, norm_weight, eps, cols, total);
+  } else {
+    kernels::gemv_norm_kernel<false><<<grid, kernels::kGemvThreads, shared, stream>>>(batch, x, norm_weight, eps, cols, total);
+  }
+  return kernels::launched();
+}
 
 cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, int64_t x_stride, int rows, int64_t cols) {
   if (batch.count <= 0 || batch.count > kMaxGemvJobs || rows <= 0 || rows > kMaxGemvRows || cols <= 0) {

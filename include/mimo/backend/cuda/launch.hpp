@@ -33,6 +33,7 @@ struct GemvJob {
 };
 inline constexpr int kMaxGemvJobs = 4;
 inline constexpr int kMaxGemvRows = 8;
+inline constexpr int64_t kMaxGemvNormCols = 8192;  // the normed row in 32 KiB of shared memory
 struct GemvBatch {
   GemvJob jobs[kMaxGemvJobs];
   int count = 0;
@@ -79,6 +80,17 @@ cudaError_t split_bf16(cudaStream_t stream, const Rows& x, uint16_t* hi, uint16_
 // The jobs of `batch` over the same `rows` input rows x (x_stride floats apart) of `cols` values.
 cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, int64_t x_stride, int rows, int64_t cols);
 
+// The products of `batch` over rms_norm(x) for one input row x of `cols` values (norm_weight:
+// cols floats), the norm folded into the product (nothing else reads or writes x's normed form).
+// swiglu: jobs[0] is the gate product and jobs[1] the up product (the same shape, no bias, no
+// accumulate); jobs[0].out receives silu(gate) * up. The results equal rms_norm then gemv (and
+// silu_mul) bit for bit. Needs cols % 8 == 0, cols <= kMaxGemvNormCols (the normed row sits in
+// shared memory) and x, norm_weight and every weight 16-byte aligned (cudaErrorInvalidValue
+// otherwise: callers check gemv_norm_fits).
+bool gemv_norm_fits(const GemvBatch& batch, const float* x, const float* norm_weight, int64_t cols, bool swiglu);
+cudaError_t gemv_norm(cudaStream_t stream, const GemvBatch& batch, const float* x, const float* norm_weight, double eps,
+                      int64_t cols, bool swiglu);
+
 // out[i][c] += bias[c].
 cudaError_t add_bias(cudaStream_t stream, const Rows& out, const float* bias);
 
@@ -101,6 +113,11 @@ cudaError_t gather_rows(cudaStream_t stream, const Rows& src, const int32_t* row
 // Stores k, v (n rows of kv_heads * head_dim) at entries [*length, *length + n) of `kv`;
 // entries past the capacity are dropped (the host checks first).
 cudaError_t kv_store(cudaStream_t stream, const KvLayer& kv, const int64_t* length, const Rows& k, const Rows& v);
+
+// rope(q, q_heads), rope(k, kv.kv_heads) and kv_store(k, v) in one launch: q and k are rotated in
+// place and the rotated keys stored, with the same arithmetic as rope and kv_store.
+cudaError_t rope_store(cudaStream_t stream, const Rows& q, int64_t q_heads, const Rows& k, const Rows& v, const KvLayer& kv,
+                       const int64_t* length, const int64_t* positions, double theta);
 
 // Split-K attention for at most kMaxDecodeRows rows: `splits` blocks of `split_len` keys per
 // (row, KV head), then a combine pass. partials: rows * num_heads * splits * (head_dim + 2) floats.

@@ -32,33 +32,34 @@ struct NormAccess<true> {
   }
 };
 
-// One block per row. The row's first kNormCached accesses per thread are all loaded before the
-// first use and kept in registers (a decode step's norm is one row: its time is the latency of
-// one round trip to memory, not of one per element). out may alias x: each element is written
-// by the thread that read it, after reading it. VEC: float4 accesses (width % 4 == 0, rows and
-// weight 16-byte aligned).
-template <bool VEC>
-__global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(Rows x, const float* __restrict__ w, double eps, Rows out) {
+// RMSNorm of one row by a whole block of kNormThreads threads: yr = w * xr / sqrt(mean(xr^2) +
+// eps). The row's first CACHED accesses per thread are all loaded before the first use and kept
+// in registers (a decode step's norm is one row: its time is the latency of one round trip to
+// memory, not of one per element); later ones are read twice. The sums run in the same order
+// whatever CACHED is. yr may alias xr: each element is written by the thread
+// that read it, after reading it. VEC: float4 accesses (width % 4 == 0, xr, yr and w 16-byte
+// aligned). Shared by rms_norm_kernel and the GEMV that folds the norm in (gemv.cuh), so both
+// round alike.
+template <bool VEC, int CACHED = kNormCached>
+__device__ __forceinline__ void rms_norm_row(const float* xr, const float* __restrict__ w, double eps, int64_t width,
+                                             float* yr) {
   using A = NormAccess<VEC>;
   using V = typename A::type;
   __shared__ double partial[kNormThreads / 32];
   __shared__ float scale_shared;
-  const int64_t r = blockIdx.x;
-  const float* xr = x.data + r * x.stride;
-  float* yr = out.data + r * out.stride;
-  const int64_t n = VEC ? x.width / 4 : x.width;
-  V cached[kNormCached] = {};
+  const int64_t n = VEC ? width / 4 : width;
+  V cached[CACHED] = {};
   double ss = 0.0;
 #pragma unroll
-  for (int i = 0; i < kNormCached; ++i) {
+  for (int i = 0; i < CACHED; ++i) {
     const int64_t c = threadIdx.x + static_cast<int64_t>(i) * kNormThreads;
     if (c < n) cached[i] = A::load(xr, c);
   }
 #pragma unroll
-  for (int i = 0; i < kNormCached; ++i) {
+  for (int i = 0; i < CACHED; ++i) {
     if (threadIdx.x + static_cast<int64_t>(i) * kNormThreads < n) ss += A::squares(cached[i]);
   }
-  for (int64_t c = threadIdx.x + static_cast<int64_t>(kNormCached) * kNormThreads; c < n; c += kNormThreads) {
+  for (int64_t c = threadIdx.x + static_cast<int64_t>(CACHED) * kNormThreads; c < n; c += kNormThreads) {
     ss += A::squares(A::load(xr, c));
   }
   ss = warp_sum(ss);
@@ -67,18 +68,25 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(Rows x, const fl
   if (threadIdx.x < 32) {
     double total = threadIdx.x < kNormThreads / 32 ? partial[threadIdx.x] : 0.0;
     total = warp_sum(total);
-    if (threadIdx.x == 0) scale_shared = static_cast<float>(1.0 / sqrt(total / static_cast<double>(x.width) + eps));
+    if (threadIdx.x == 0) scale_shared = static_cast<float>(1.0 / sqrt(total / static_cast<double>(width) + eps));
   }
   __syncthreads();
   const float scale = scale_shared;
 #pragma unroll
-  for (int i = 0; i < kNormCached; ++i) {
+  for (int i = 0; i < CACHED; ++i) {
     const int64_t c = threadIdx.x + static_cast<int64_t>(i) * kNormThreads;
     if (c < n) A::store(yr, c, A::scaled(cached[i], A::load(w, c), scale));
   }
-  for (int64_t c = threadIdx.x + static_cast<int64_t>(kNormCached) * kNormThreads; c < n; c += kNormThreads) {
+  for (int64_t c = threadIdx.x + static_cast<int64_t>(CACHED) * kNormThreads; c < n; c += kNormThreads) {
     A::store(yr, c, A::scaled(A::load(xr, c), A::load(w, c), scale));
   }
+}
+
+// One block per row.
+template <bool VEC>
+__global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(Rows x, const float* __restrict__ w, double eps, Rows out) {
+  const int64_t r = blockIdx.x;
+  rms_norm_row<VEC>(x.data + r * x.stride, w, eps, x.width, out.data + r * out.stride);
 }
 
 }  // namespace kernels
