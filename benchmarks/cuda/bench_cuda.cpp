@@ -1,8 +1,8 @@
 // bench_cuda: the CUDA backend on a checkpoint (meant for `mimo synth --preset 7b`), one table:
 //   load time; the device's measured copy bandwidth; decode tokens/s at batch 1 (median step) for
 //   Session<Cuda> (eager, logits to the host) and for a graph-captured step with device argmax,
-//   each also with ContextOptions::fuse_kernels, with bytes read per token and the fraction of the
-//   bandwidth limit; prefill tokens/s for the
+//   each also with ContextOptions::fuse_kernels and programmatic_launch, with bytes read per token
+//   and the fraction of the bandwidth limit; prefill tokens/s for the
 //   given prompt lengths with both product precisions; speculative decoding with a replay drafter
 //   at 100% acceptance (generate() with sessions, and graph-captured verification passes).
 // Result checks: the greedy tokens of the session and the graph decoder must agree, and a checksum
@@ -198,15 +198,17 @@ int main(int argc, char** argv) {
 
   // --- decode at batch 1: one graph per step, argmax on the device ---
   struct DecodeVariant {
-    bool graphs, fuse;
+    bool graphs, fuse, programmatic;
     const char* name;
   };
-  for (DecodeVariant v : {DecodeVariant{false, false, "decode batch 1: eager + device argmax"},
-                          DecodeVariant{true, false, "decode batch 1: CUDA graph + device argmax"},
-                          DecodeVariant{true, true, "decode batch 1: graph + argmax, fused kernels"}}) {
+  for (DecodeVariant v : {DecodeVariant{false, false, false, "decode batch 1: eager + device argmax"},
+                          DecodeVariant{true, false, false, "decode batch 1: CUDA graph + device argmax"},
+                          DecodeVariant{true, false, true, "decode batch 1: graph + argmax, programmatic"},
+                          DecodeVariant{true, true, false, "decode batch 1: graph + argmax, fused"},
+                          DecodeVariant{true, true, true, "decode batch 1: graph + argmax, fused + progr."}}) {
     const bool graphs = v.graphs;
     auto d = must(cuda_test::GraphDecoder::create(model, context, static_cast<int64_t>(kDecoderBatch),
-                                                  {.graphs = graphs, .fuse_kernels = v.fuse}),
+                                                  {.graphs = graphs, .fuse_kernels = v.fuse, .programmatic_launch = v.programmatic}),
                   "decoder");
     std::vector<int32_t> ids, out;
     prefill(d, prompt, ids);
@@ -222,7 +224,7 @@ int main(int argc, char** argv) {
     row(v.name, fmt("%.1f tok/s", tok_s),
         bandwidth(tok_s, avg_length) + ", same tokens as the session: " + std::to_string(agree) + "/" + std::to_string(decode) +
             (graphs ? ", graph launches " + std::to_string(mimo::Cuda::graph_launches(d.context())) : std::string()));
-    if (graphs && !v.fuse) {
+    if (graphs && !v.fuse && !v.programmatic) {
       std::vector<float> last;
       must(d.logits(last), "logits");
       double sum = 0.0;

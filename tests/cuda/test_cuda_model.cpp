@@ -150,20 +150,23 @@ TEST_CASE("cuda fixture: main logits at every position (one call, and token by t
     }
     check_logits(got.data(), f.main_logits, f.main_argmax, f.main_margin, T, f.vocab, 2e-2, 0.0);
   }
-  SUBCASE("token by token with fused kernels: the plain kernels' logits, bit for bit") {
-    auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
+  SUBCASE("token by token with fused kernels, programmatic launches, both: the plain kernels' logits, bit for bit") {
     auto plain = session_of(model, 64);
-    std::vector<float> got, expected;
+    auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
+    auto early = session_of(model, 64, 256, {.programmatic_launch = true});
+    auto both = session_of(model, 64, 256, {.fuse_kernels = true, .programmatic_launch = true});
+    std::vector<float> expected, got_fused, got_early, got_both;
     for (int32_t t : f.prompt) {
-      auto logits = fused.append({t});
-      REQUIRE_MESSAGE(logits.has_value(), (logits ? "" : logits.error().describe()));
-      got.insert(got.end(), logits->data, logits->data + f.vocab);
-      auto reference = plain.append({t});
-      REQUIRE(reference.has_value());
-      expected.insert(expected.end(), reference->data, reference->data + f.vocab);
+      for (auto [s, out] : {std::pair{&plain, &expected}, {&fused, &got_fused}, {&early, &got_early}, {&both, &got_both}}) {
+        auto logits = s->append({t});
+        REQUIRE_MESSAGE(logits.has_value(), (logits ? "" : logits.error().describe()));
+        out->insert(out->end(), logits->data, logits->data + f.vocab);
+      }
     }
-    CHECK(got == expected);
-    check_logits(got.data(), f.main_logits, f.main_argmax, f.main_margin, T, f.vocab, 2e-2, 0.0);
+    CHECK(got_fused == expected);
+    CHECK(got_early == expected);
+    CHECK(got_both == expected);
+    check_logits(got_both.data(), f.main_logits, f.main_argmax, f.main_margin, T, f.vocab, 2e-2, 0.0);
   }
   SUBCASE("every kernel forced: tiled attention and cuBLASLt for single rows") {
     auto s = session_of(model, 64, 256, {.gemv_max_rows = 0, .decode_attention_max_rows = 0});
@@ -209,7 +212,7 @@ TEST_CASE("cuda fixture: greedy continuation of 16 tokens, with sessions and wit
   {
     auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
     CHECK(greedy(fused, f.prompt, 16) == f.greedy);
-    auto d = cuda_test::GraphDecoder::create(model, 64, 32, {.fuse_kernels = true});
+    auto d = cuda_test::GraphDecoder::create(model, 64, 32, {.fuse_kernels = true, .programmatic_launch = true});
     REQUIRE_MESSAGE(d.has_value(), (d ? "" : d.error().describe()));
     std::vector<int32_t> ids, out;
     cuda_test::require_ok(d->step(f.prompt, false, ids));
@@ -385,7 +388,7 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
   const auto prompt = test::random_tokens(30, config.vocab_size, 9);
   bool fuse = false;
   auto run = [&](int depth, mimo::Drafter<Cuda>* drafter, mimo::SpeculativeStats* stats) {
-    auto s = session_of(model, 512, 64, {.fuse_kernels = fuse});
+    auto s = session_of(model, 512, 64, {.fuse_kernels = fuse, .programmatic_launch = fuse});
     auto sampler = mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(config.vocab_size));
     REQUIRE(sampler.has_value());
     auto g = mimo::generate(s, prompt, *sampler,
@@ -410,7 +413,7 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
     CHECK(run(4, &replay, &stats) == plain);
     if (accuracy == 1.0) CHECK(stats.accepted == stats.drafted);
   }
-  // With fused kernels (single rows fused, verification passes not, the same bits either way).
+  // With fused kernels and programmatic launches (single rows only; the same bits either way).
   fuse = true;
   CHECK(run(0, nullptr, nullptr) == plain);
   for (int depth = 1; depth <= 3; ++depth) {

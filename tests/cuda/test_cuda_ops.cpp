@@ -95,10 +95,13 @@ TEST_CASE("cuda ops: linear over GEMV and cuBLASLt paths, bias, accumulate, stri
     const char* name;
     Cuda::GemmPrecision precision;
     double tolerance;
+    bool programmatic;
   };
-  for (Path path : {Path{"split_bf16", Cuda::GemmPrecision::split_bf16, 1e-9}, Path{"bf16", Cuda::GemmPrecision::bf16, 1e-4}}) {
+  for (Path path : {Path{"split_bf16", Cuda::GemmPrecision::split_bf16, 1e-9, false},
+                    Path{"bf16", Cuda::GemmPrecision::bf16, 1e-4, false},
+                    Path{"split_bf16, programmatic launches", Cuda::GemmPrecision::split_bf16, 1e-9, true}}) {
     CAPTURE(path.name);
-    Contexts ctx(kNoAttention, 128, {.precision = path.precision});
+    Contexts ctx(kNoAttention, 128, {.precision = path.precision, .programmatic_launch = path.programmatic});
     for (int64_t rows : {1, 2, 3, 5, 8, 9, 33, 100}) {
       // 4104 columns: the GEMV's main loop (8 loads in flight per lane) and then its remainder.
       for (auto [in, out] : {std::pair<int64_t, int64_t>{64, 13}, {7, 5}, {100, 130}, {256, 64}, {1000, 257}, {4104, 40}}) {
@@ -297,7 +300,9 @@ TEST_CASE("cuda ops: fused rms_norm_linear and rms_norm_swiglu equal the plain o
   // One row takes the fused GEMV (the norm folded into the product), which must give the plain
   // ops' bits; 3 rows, 100 columns (not a multiple of 8) or five products run as the plain ops.
   // Every case also against the CPU's plain ops.
-  Contexts ctx(kNoAttention, 16, {.fuse_kernels = true});
+  // Programmatic launches too: the fused kernel then waits for the kernel ahead after its first
+  // weight loads.
+  Contexts ctx(kNoAttention, 16, {.fuse_kernels = true, .programmatic_launch = true});
   auto plain_ctx = Cuda::make_context({}, kNoAttention, 16, 4096);
   REQUIRE(plain_ctx.has_value());
   Cuda::Context& plain = *plain_ctx;

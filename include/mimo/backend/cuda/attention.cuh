@@ -162,6 +162,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 inline constexpr int kCombineThreads = 128;
 __global__ void __launch_bounds__(kCombineThreads)
     attention_combine_kernel(AttentionArgs a, int splits, int64_t split_len, const float* __restrict__ partials) {
+  allow_dependents();  // the output product after it may start loading its weights
   constexpr int kWarps = kCombineThreads / 32;
   __shared__ float s_weight[kMaxSplits];
   __shared__ float s_part[kWarps];

@@ -54,4 +54,39 @@ inline unsigned grid_for(int64_t n, int threads, int64_t cap = 65535) {
 
 inline cudaError_t launched() { return cudaGetLastError(); }
 
+// Programmatic dependent launch (sm_90 and newer): a kernel launched with the programmatic
+// attribute (see launch()) may start before the kernel ahead of it in the stream has finished,
+// once every block of that one has called allow_dependents(). It must call wait_for_previous()
+// before it reads what that kernel writes or writes anything at all; until then it may only read
+// constant data (weights). Both are no-ops elsewhere, and for kernels launched without the
+// attribute. Kernels built for older architectures lack them: programmatic_supported() tells.
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, block, shared, stream>>>(args...), as a programmatic dependent of the
+// kernel before it when `programmatic`.
+template <class... Params, class... Args>
+cudaError_t launch(void (*kernel)(Params...), unsigned grid, unsigned block, size_t shared, cudaStream_t stream,
+                   bool programmatic, Args... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(block);
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1]{};
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
 }  // namespace mimo::cuda::kernels

@@ -101,6 +101,10 @@ struct Cuda {
     // layer then takes 7 launches instead of 12, with the same results bit for bit. Not yet run
     // on a GPU, hence off by default.
     bool fuse_kernels = false;
+    // Single-row products launched as programmatic dependents of the kernel before them (sm_90
+    // and newer): their first weight loads overlap that kernel's last blocks. Not yet run on a
+    // GPU, hence off by default; ignored where the device or the build lacks the feature.
+    bool programmatic_launch = false;
     int max_graphs = 8;              // graphs kept per context (least recently used is dropped)
   };
 
@@ -150,6 +154,7 @@ struct Cuda {
     cuda::StreamHandle owned_stream;  // set when the context created its stream
     cuda::LtHandle lt;
     int sm_count = 1;
+    bool programmatic = false;  // options.programmatic_launch, where the device and build have it
     AttentionShape shape{};
     int64_t capacity = 0;
 
@@ -325,6 +330,9 @@ struct Cuda {
       (void)cudaGetLastError();
       c.sm_count = 1;
     }
+    // The device runs programmatic dependents from compute capability 9.0 on, and the kernels do
+    // their part only when compiled for it (not from compute_80 code run by a newer device).
+    c.programmatic = o.programmatic_launch && major >= 9 && cuda::launch::programmatic_supported();
     if (auto s = c.workspace.reserve(std::max<uint64_t>(o.gemm_workspace_bytes, 1), "cuBLASLt workspace"); !s) {
       return std::move(s).error();
     }
@@ -972,7 +980,7 @@ struct Cuda {
     }
     note_rows(c, x);
     if (c.mode == Mode::dry) return;
-    launched(c, cuda::launch::gemv_norm(c.stream, batch, x.data, w.data(), eps, x.width, swiglu),
+    launched(c, cuda::launch::gemv_norm(c.stream, batch, x.data, w.data(), eps, x.width, swiglu, c.programmatic),
              swiglu ? "rms_norm_swiglu (GEMV)" : "rms_norm_linear (GEMV)");
   }
 
@@ -990,7 +998,8 @@ struct Cuda {
       }
       note_rows(c, x);
       if (c.mode == Mode::dry) continue;
-      if (!launched(c, cuda::launch::gemv(c.stream, batch, x.data, x.stride, static_cast<int>(x.count), x.width), "linear (GEMV)")) {
+      if (!launched(c, cuda::launch::gemv(c.stream, batch, x.data, x.stride, static_cast<int>(x.count), x.width, c.programmatic),
+                    "linear (GEMV)")) {
         return;
       }
     }

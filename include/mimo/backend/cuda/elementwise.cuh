@@ -45,6 +45,7 @@ __global__ void add_bias_kernel(Rows out, const float* __restrict__ bias) {
 }
 
 __global__ void silu_mul_kernel(Rows gate, Rows up) {
+  allow_dependents();  // the down product after it may start loading its weights
   const int64_t n = gate.count * gate.width;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {

@@ -67,10 +67,13 @@ __device__ __forceinline__ uint4 load_streaming(const uint16_t* p) {
 
 // R input rows, RPW output rows per warp, U 16-byte weight loads per row and lane issued before
 // the first is used (the bytes in flight that keep memory busy). VEC: cols % 8 == 0 and x rows
-// 16-byte aligned.
-template <int R, int RPW, int U, bool VEC>
+// 16-byte aligned. EARLY (with VEC): the first U loads of each row are issued before waiting for
+// the kernel ahead (launched as its programmatic dependent), so they overlap its last blocks.
+template <int R, int RPW, int U, bool VEC, bool EARLY = false>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvBatch b, const float* __restrict__ x, int64_t x_stride,
                                                             int64_t cols, int64_t total_rows) {
+  static_assert(!EARLY || VEC, "early loads take the vector path");
+  allow_dependents();
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
   const int64_t first = warp * RPW;
@@ -120,6 +123,24 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvBatch b, const f
       }
     };
     int64_t k = static_cast<int64_t>(lane) * 8;
+    if constexpr (EARLY) {
+      // The first U column groups, loaded before the wait, used in the same order as below.
+      uint4 head[RPW][U];
+#pragma unroll
+      for (int p = 0; p < RPW; ++p) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) head[p][u] = k + u * kStep < cols ? load_streaming(w[p] + k + u * kStep) : uint4{};
+      }
+      wait_for_previous();
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (k + u * kStep < cols) {
+#pragma unroll
+          for (int p = 0; p < RPW; ++p) fma8(p, head[p][u], k + u * kStep);
+        }
+      }
+      k += U * kStep;
+    }
     for (; k + (U - 1) * kStep < cols; k += U * kStep) {
       uint4 wv[RPW][U];
 #pragma unroll
@@ -176,12 +197,17 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvBatch b, const f
 // shapes of MiMo-7B): one row, 8 loads per lane; two, two weight rows sharing each input load.
 template <int R>
 cudaError_t gemv_rows(cudaStream_t stream, const GemvBatch& b, const float* x, int64_t x_stride, int64_t cols,
-                      int64_t total_rows, bool vec) {
+                      int64_t total_rows, bool vec, bool programmatic) {
   constexpr int RPW = R == 1 ? 1 : 2;
   constexpr int U = R == 1 ? 8 : R == 2 ? 4 : 2;
   const int64_t blocks = (total_rows + kGemvWarps * RPW - 1) / (kGemvWarps * RPW);
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const unsigned grid = static_cast<unsigned>(blocks);
+  if constexpr (R == 1) {
+    if (vec && programmatic) {
+      return launch(gemv_kernel<R, RPW, U, true, true>, grid, kGemvThreads, 0, stream, true, b, x, x_stride, cols, total_rows);
+    }
+  }
   if (vec) {
     gemv_kernel<R, RPW, U, true><<<grid, kGemvThreads, 0, stream>>>(b, x, x_stride, cols, total_rows);
   } else {
@@ -192,7 +218,8 @@ cudaError_t gemv_rows(cudaStream_t stream, const GemvBatch& b, const float* x, i
 
 // The products of one decode row over rms_norm(x), the norm folded in: each block first normalises
 // x into shared memory with rms_norm_row (the rms_norm kernel's own code, so the same bits), while
-// the first weight loads of its warps are already in flight; the product then reads the normed
+// the first weight loads of its warps are already in flight (issued before waiting for the kernel
+// ahead when launched as its programmatic dependent); the product then reads the normed
 // row from shared memory. One weight row per warp with 8 loads per lane in flight, or with SWIGLU
 // the same row of the gate (jobs[0]) and up (jobs[1]) products with 4 loads each, written as
 // silu(gate) * up (silu_mul's arithmetic). Every lane sums its columns in gemv_kernel's order, so
@@ -203,6 +230,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
                                                                  const float* __restrict__ gamma, double eps,
                                                                  int64_t cols, int64_t total_rows) {
   static_assert(kGemvThreads == kNormThreads, "rms_norm_row needs the whole block");
+  allow_dependents();
   extern __shared__ float4 normed_shared[];
   const float* normed = reinterpret_cast<const float*>(normed_shared);
   constexpr int P = SWIGLU ? 2 : 1;  // weight rows per warp
@@ -228,6 +256,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
       head[u][p] = active && k0 + u * kStep < cols ? load_streaming(w[p] + k0 + u * kStep) : make_uint4(0, 0, 0, 0);
     }
   }
+  wait_for_previous();  // x comes from the kernel ahead
   // Two float4 of x per thread in registers (of 4 for 4096 columns): the norm's sums and products
   // are the same whatever it keeps, and the weight loads above hold 32 registers already.
   rms_norm_row<true, 2>(x, gamma, eps, cols, reinterpret_cast<float*>(normed_shared));
@@ -292,6 +321,15 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
 
 namespace launch {
 
+bool programmatic_supported() {
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, kernels::gemv_kernel<1, 1, 8, true, true>) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
+}
+
 bool gemv_norm_fits(const GemvBatch& batch, const float* x, const float* norm_weight, int64_t cols, bool swiglu) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (batch.count < 1 || batch.count > kMaxGemvJobs || cols <= 0 || cols % 8 != 0 || cols > kMaxGemvNormCols ||
@@ -308,7 +346,7 @@ bool gemv_norm_fits(const GemvBatch& batch, const float* x, const float* norm_we
 }
 
 cudaError_t gemv_norm(cudaStream_t stream, const GemvBatch& batch, const float* x, const float* norm_weight, double eps,
-                      int64_t cols, bool swiglu) {
+                      int64_t cols, bool swiglu, bool programmatic) {
   if (!gemv_norm_fits(batch, x, norm_weight, cols, swiglu)) return cudaErrorInvalidValue;
   // One warp per output row (per gate row with its up row).
   int64_t total = 0;
@@ -317,15 +355,12 @@ cudaError_t gemv_norm(cudaStream_t stream, const GemvBatch& batch, const float* 
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const unsigned grid = static_cast<unsigned>(blocks);
   const size_t shared = static_cast<size_t>(cols) * sizeof(float);
-  if (swiglu) {
-    kernels::gemv_norm_kernel<true><<<grid, kernels::kGemvThreads, shared, stream>>>(batch, x, norm_weight, eps, cols, total);
-  } else {
-    kernels::gemv_norm_kernel<false><<<grid, kernels::kGemvThreads, shared, stream>>>(batch, x, norm_weight, eps, cols, total);
-  }
-  return kernels::launched();
+  return kernels::launch(swiglu ? kernels::gemv_norm_kernel<true> : kernels::gemv_norm_kernel<false>, grid,
+                         kernels::kGemvThreads, shared, stream, programmatic, batch, x, norm_weight, eps, cols, total);
 }
 
-cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, int64_t x_stride, int rows, int64_t cols) {
+cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, int64_t x_stride, int rows, int64_t cols,
+                 bool programmatic) {
   if (batch.count <= 0 || batch.count > kMaxGemvJobs || rows <= 0 || rows > kMaxGemvRows || cols <= 0) {
     return batch.count == 0 || rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   }
@@ -337,14 +372,14 @@ cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, in
   }
   if (total <= 0) return cudaSuccess;
   switch (rows) {
-    case 1: return kernels::gemv_rows<1>(stream, batch, x, x_stride, cols, total, vec);
-    case 2: return kernels::gemv_rows<2>(stream, batch, x, x_stride, cols, total, vec);
-    case 3: return kernels::gemv_rows<3>(stream, batch, x, x_stride, cols, total, vec);
-    case 4: return kernels::gemv_rows<4>(stream, batch, x, x_stride, cols, total, vec);
-    case 5: return kernels::gemv_rows<5>(stream, batch, x, x_stride, cols, total, vec);
-    case 6: return kernels::gemv_rows<6>(stream, batch, x, x_stride, cols, total, vec);
-    case 7: return kernels::gemv_rows<7>(stream, batch, x, x_stride, cols, total, vec);
-    default: return kernels::gemv_rows<8>(stream, batch, x, x_stride, cols, total, vec);
+    case 1: return kernels::gemv_rows<1>(stream, batch, x, x_stride, cols, total, vec, programmatic);
+    case 2: return kernels::gemv_rows<2>(stream, batch, x, x_stride, cols, total, vec, false);
+    case 3: return kernels::gemv_rows<3>(stream, batch, x, x_stride, cols, total, vec, false);
+    case 4: return kernels::gemv_rows<4>(stream, batch, x, x_stride, cols, total, vec, false);
+    case 5: return kernels::gemv_rows<5>(stream, batch, x, x_stride, cols, total, vec, false);
+    case 6: return kernels::gemv_rows<6>(stream, batch, x, x_stride, cols, total, vec, false);
+    case 7: return kernels::gemv_rows<7>(stream, batch, x, x_stride, cols, total, vec, false);
+    default: return kernels::gemv_rows<8>(stream, batch, x, x_stride, cols, total, vec, false);
   }
 }
 

@@ -77,8 +77,14 @@ cudaError_t convert_to_bf16(cudaStream_t stream, const void* src, StoredType typ
 // contiguous [x.count][x.width]: the inputs of cuBLASLt products (hi + lo carries ~16 bits).
 cudaError_t split_bf16(cudaStream_t stream, const Rows& x, uint16_t* hi, uint16_t* lo);
 
+// Whether the kernels can be launched as programmatic dependents (sm_90 code in this build, on
+// this device): the GEMV launchers take `programmatic` only then.
+bool programmatic_supported();
+
 // The jobs of `batch` over the same `rows` input rows x (x_stride floats apart) of `cols` values.
-cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, int64_t x_stride, int rows, int64_t cols);
+// programmatic: one-row products start loading their weights while the kernel before them ends.
+cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, int64_t x_stride, int rows, int64_t cols,
+                 bool programmatic = false);
 
 // The products of `batch` over rms_norm(x) for one input row x of `cols` values (norm_weight:
 // cols floats), the norm folded into the product (nothing else reads or writes x's normed form).
@@ -89,7 +95,7 @@ cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, in
 // otherwise: callers check gemv_norm_fits).
 bool gemv_norm_fits(const GemvBatch& batch, const float* x, const float* norm_weight, int64_t cols, bool swiglu);
 cudaError_t gemv_norm(cudaStream_t stream, const GemvBatch& batch, const float* x, const float* norm_weight, double eps,
-                      int64_t cols, bool swiglu);
+                      int64_t cols, bool swiglu, bool programmatic = false);
 
 // out[i][c] += bias[c].
 cudaError_t add_bias(cudaStream_t stream, const Rows& out, const float* bias);

@@ -85,6 +85,7 @@ __device__ __forceinline__ void rms_norm_row(const float* xr, const float* __res
 // One block per row.
 template <bool VEC>
 __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(Rows x, const float* __restrict__ w, double eps, Rows out) {
+  allow_dependents();  // the product after a norm may start loading its weights
   const int64_t r = blockIdx.x;
   rms_norm_row<VEC>(x.data + r * x.stride, w, eps, x.width, out.data + r * out.stride);
 }
