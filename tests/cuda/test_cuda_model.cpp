@@ -122,6 +122,17 @@ std::vector<int32_t> greedy(mimo::Session<B>& s, const std::vector<int32_t>& pro
   return out;
 }
 
+// The same with a GraphDecoder: one forward pass a step, replayed as a CUDA graph once it repeats.
+std::vector<int32_t> graph_greedy(cuda_test::GraphDecoder& d, const std::vector<int32_t>& prompt, int n) {
+  std::vector<int32_t> ids, out;
+  cuda_test::require_ok(d.step(prompt, false, ids));
+  for (int i = 0; i < n; ++i) {
+    out.push_back(ids.back());
+    cuda_test::require_ok(d.step(std::span<const int32_t>(&out.back(), 1), false, ids));
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("cuda fixture: main logits at every position (one call, and token by token)") {
@@ -214,25 +225,13 @@ TEST_CASE("cuda fixture: greedy continuation of 16 tokens, with sessions and wit
     CHECK(greedy(fused, f.prompt, 16) == f.greedy);
     auto d = cuda_test::GraphDecoder::create(model, 64, 32, {.fuse_kernels = true, .programmatic_launch = true});
     REQUIRE_MESSAGE(d.has_value(), (d ? "" : d.error().describe()));
-    std::vector<int32_t> ids, out;
-    cuda_test::require_ok(d->step(f.prompt, false, ids));
-    for (int i = 0; i < 16; ++i) {
-      out.push_back(ids.back());
-      cuda_test::require_ok(d->step(std::span<const int32_t>(&out.back(), 1), false, ids));
-    }
-    CHECK(out == f.greedy);
+    CHECK(graph_greedy(*d, f.prompt, 16) == f.greedy);
     CHECK(Cuda::graph_launches(d->context()) >= 10);
   }
 
   auto d = cuda_test::GraphDecoder::create(model, 64, 32);
   REQUIRE_MESSAGE(d.has_value(), (d ? "" : d.error().describe()));
-  std::vector<int32_t> ids, out;
-  cuda_test::require_ok(d->step(f.prompt, false, ids));
-  for (int i = 0; i < 16; ++i) {
-    out.push_back(ids.back());
-    cuda_test::require_ok(d->step(std::span<const int32_t>(&out.back(), 1), false, ids));
-  }
-  CHECK(out == f.greedy);
+  CHECK(graph_greedy(*d, f.prompt, 16) == f.greedy);
   CHECK(Cuda::graph_launches(d->context()) >= 10);
   // The graph path computes exactly what the session computes.
   std::vector<float> from_graphs;
