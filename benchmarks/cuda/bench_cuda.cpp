@@ -221,7 +221,8 @@ int main(int argc, char** argv) {
     }
     const double tok_s = 1.0 / median(steps);
     const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), session_tokens.begin()).first - out.begin());
-    row(v.name, fmt("%.1f tok/s", tok_s),
+    row(std::string(v.name) + (v.programmatic && !mimo::Cuda::programmatic(d.context()) ? " (inactive)" : ""),
+        fmt("%.1f tok/s", tok_s),
         bandwidth(tok_s, avg_length) + ", same tokens as the session: " + std::to_string(agree) + "/" + std::to_string(decode) +
             (graphs ? ", graph launches " + std::to_string(mimo::Cuda::graph_launches(d.context())) : std::string()));
     if (graphs && !v.fuse && !v.programmatic) {

@@ -220,13 +220,16 @@ TEST_CASE("cuda fixture: greedy continuation of 16 tokens, with sessions and wit
   const auto model = load<Cuda>(test::tiny_fixture());
   auto s = session_of(model, 64);
   CHECK(greedy(s, f.prompt, 16) == f.greedy);
-  {
-    auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
-    CHECK(greedy(fused, f.prompt, 16) == f.greedy);
-    auto d = cuda_test::GraphDecoder::create(model, 64, 32, {.fuse_kernels = true, .programmatic_launch = true});
-    REQUIRE_MESSAGE(d.has_value(), (d ? "" : d.error().describe()));
-    CHECK(graph_greedy(*d, f.prompt, 16) == f.greedy);
-    CHECK(Cuda::graph_launches(d->context()) >= 10);
+  auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
+  CHECK(greedy(fused, f.prompt, 16) == f.greedy);
+  for (auto [fuse, programmatic] : {std::pair{true, false}, {false, true}, {true, true}}) {
+    CAPTURE(fuse);
+    CAPTURE(programmatic);
+    auto g = cuda_test::GraphDecoder::create(model, 64, 32, {.fuse_kernels = fuse, .programmatic_launch = programmatic});
+    REQUIRE_MESSAGE(g.has_value(), (g ? "" : g.error().describe()));
+    if (programmatic) MESSAGE("programmatic launches active: ", Cuda::programmatic(g->context()));
+    CHECK(graph_greedy(*g, f.prompt, 16) == f.greedy);
+    CHECK(Cuda::graph_launches(g->context()) >= 10);
   }
 
   auto d = cuda_test::GraphDecoder::create(model, 64, 32);

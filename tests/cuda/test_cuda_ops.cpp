@@ -102,6 +102,7 @@ TEST_CASE("cuda ops: linear over GEMV and cuBLASLt paths, bias, accumulate, stri
                     Path{"split_bf16, programmatic launches", Cuda::GemmPrecision::split_bf16, 1e-9, true}}) {
     CAPTURE(path.name);
     Contexts ctx(kNoAttention, 128, {.precision = path.precision, .programmatic_launch = path.programmatic});
+    if (path.programmatic) MESSAGE("programmatic launches active: ", Cuda::programmatic(ctx.gpu));
     for (int64_t rows : {1, 2, 3, 5, 8, 9, 33, 100}) {
       // 4104 columns: the GEMV's main loop (8 loads in flight per lane) and then its remainder.
       for (auto [in, out] : {std::pair<int64_t, int64_t>{64, 13}, {7, 5}, {100, 130}, {256, 64}, {1000, 257}, {4104, 40}}) {
@@ -117,8 +118,11 @@ TEST_CASE("cuda ops: linear over GEMV and cuBLASLt paths, bias, accumulate, stri
                               random_values(static_cast<size_t>(out + j), 20 + static_cast<uint32_t>(j)));
         }
         const auto x = random_values(static_cast<size_t>(rows * in), 4);
-        HostRows hx(rows, in, in + 1);
-        DeviceRows dx(rows, in, in + 1);
+        // A row stride of in + 1 takes the GEMV's scalar path; in + 4 its vector path where
+        // in % 8 == 0, the one with programmatic launches.
+        const int64_t x_stride = in + (path.programmatic ? 4 : 1);
+        HostRows hx(rows, in, x_stride);
+        DeviceRows dx(rows, in, x_stride);
         hx.upload(x);
         dx.upload(x);
         std::vector<Cpu::Linear> cw;

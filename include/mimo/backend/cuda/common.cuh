@@ -86,7 +86,9 @@ cudaError_t launch(void (*kernel)(Params...), unsigned grid, unsigned block, siz
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
   config.numAttrs = programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+  const cudaError_t last = cudaGetLastError();  // clears e (or an earlier failure) as launched() does
+  return e != cudaSuccess ? e : last;
 }
 
 }  // namespace mimo::cuda::kernels

@@ -825,6 +825,9 @@ struct Cuda {
   // Graph statistics of a context: graphs launched and captured so far.
   static uint64_t graph_launches(const Context& c) { return c.graph_launches; }
   static uint64_t graph_captures(const Context& c) { return c.graph_captures; }
+  // Whether the context launches products as programmatic dependents (the option, where the
+  // device and the build have the feature).
+  static bool programmatic(const Context& c) { return c.programmatic; }
   static cudaStream_t stream(const Context& c) { return c.stream; }
 
  private:
