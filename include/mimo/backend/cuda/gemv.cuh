@@ -241,9 +241,11 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
   const bool active = warp < total_rows;  // a warp past the end still takes part in the norm
   const int64_t g = active ? warp : 0;  // an inactive warp loads nothing, but needs a valid job
   int64_t row = g;
-  const GemvJob job = SWIGLU ? b.jobs[0] : gemv_locate(b, g, row);
+  // The row's job as an index into the batch: holding the job itself kept 11 registers live
+  // through the loop (80 registers and a 16-byte spill; 76 and none this way).
+  const int j = SWIGLU ? 0 : gemv_locate_index(b, g, row);
   const uint16_t* w[P];
-  w[0] = job.weight + row * cols;
+  w[0] = b.jobs[j].weight + row * cols;
   if constexpr (SWIGLU) w[1] = b.jobs[1].weight + row * cols;
 
   // The first U column groups of each row, loaded before the norm.
@@ -257,9 +259,11 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
     }
   }
   wait_for_previous();  // x comes from the kernel ahead
-  // Two float4 of x per thread in registers (of 4 for 4096 columns): the norm's sums and products
-  // are the same whatever it keeps, and the weight loads above hold 32 registers already.
-  rms_norm_row<true, 2>(x, gamma, eps, cols, reinterpret_cast<float*>(normed_shared));
+  // One float4 of x per thread kept in registers (of 4 for 4096 columns): the norm's sums and
+  // products are the same whatever it keeps, and the weight loads above hold 32 registers already
+  // (with 2 kept, the SwiGLU kernel took 76 registers instead of 64: 3 blocks a multiprocessor
+  // instead of 4).
+  rms_norm_row<true, 1>(x, gamma, eps, cols, reinterpret_cast<float*>(normed_shared));
   __syncthreads();
   if (!active) return;
 
@@ -309,8 +313,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
   if constexpr (SWIGLU) {
     // + 0.0f: the plain GEMV stores acc + 0.0f (no bias), which turns -0 into +0.
     const float gate = acc[0] + 0.0f, up = acc[1] + 0.0f;
-    job.out[row] = gate / (1.0f + expf(-gate)) * up;
+    b.jobs[0].out[row] = gate / (1.0f + expf(-gate)) * up;
   } else {
+    const GemvJob& job = b.jobs[j];
     float* o = job.out + row;
     const float y = acc[0] + (job.bias ? job.bias[row] : 0.0f);
     *o = job.accumulate ? *o + y : y;
