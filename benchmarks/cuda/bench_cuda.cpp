@@ -10,6 +10,9 @@
 //
 //   bench_cuda --model DIR [--prompt 128] [--decode 256] [--prefill 512,4096] [--reps 3]
 //              [--depths 1,3,7] [--peak-gbs 4800]
+//   bench_cuda --model DIR --steps N [--prompt 128] [--fuse-kernels] [--programmatic-launch]
+//              only the prompt and N decode steps of one session, with those options, and no
+//              table: the run that tests/gpu/check.sh --profile hands to ncu
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -128,6 +131,8 @@ int main(int argc, char** argv) {
   int64_t prompt_len = 128, decode = 256, reps = 3;
   std::vector<int64_t> prefills = {512, 4096}, depths = {1, 3, 7};
   double peak_gbs = 4800.0;
+  int64_t steps_only = 0;
+  mimo::Cuda::ContextOptions step_options;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -141,12 +146,27 @@ int main(int argc, char** argv) {
     else if (a == "--prefill") prefills = bench::integers("bench_cuda", a, next(), 1);
     else if (a == "--depths") depths = bench::integers("bench_cuda", a, next(), 1, 7);
     else if (a == "--peak-gbs") peak_gbs = bench::number("bench_cuda", a, next(), 1.0, 1e6);
+    else if (a == "--steps") steps_only = bench::integer("bench_cuda", a, next(), 1);
+    else if (a == "--fuse-kernels") step_options.fuse_kernels = true;
+    else if (a == "--programmatic-launch") step_options.programmatic_launch = true;
     else die("unknown argument " + a + " (see the top of benchmarks/cuda/bench_cuda.cpp)");
   }
   if (model_dir.empty()) die("--model DIR is required");
   if (mimo::Cuda::device_count() == 0) {
     std::printf("bench_cuda: skipped: no usable CUDA device (%s)\n", mimo::Cuda::describe_devices().c_str());
     return 77;
+  }
+
+  if (steps_only > 0) {
+    auto model = must(mimo::Model<mimo::Cuda>::load(model_dir), "load");
+    auto s = must(model.new_session({.context = prompt_len + steps_only, .batch = 256, .backend = step_options}), "session");
+    auto logits = must(s.append(prompt_tokens(prompt_len, model.config().vocab_size, 1)), "prefill");
+    for (int64_t i = 0; i < steps_only; ++i) {
+      const auto last = logits.last();
+      const auto next_token = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+      logits = must(s.append({next_token}), "decode");
+    }
+    return 0;
   }
 
   std::printf("mimo CUDA benchmark: %s\n", mimo::Cuda::describe_devices().c_str());

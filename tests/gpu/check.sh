@@ -16,7 +16,8 @@
 #               The build holds the build machine's absolute paths (its CTest files, the fixtures
 #               directory compiled into the tests): make them valid there, e.g. with symlinks.
 #   --profile:  then the time of every kernel of one decode step, read by ncu (Nsight Compute)
-#               over a 2-layer model of the 7B shape (tests/gpu/ncu_step.py); about 20 s.
+#               over a 2-layer model of the 7B shape (tests/gpu/ncu_step.py), with the plain and
+#               with the fused kernels; about 40 s.
 #   environment: BUILD_DIR (default build-gpu), MODEL_DIR (default $TMPDIR/mimo-7b-synth),
 #                CUDA_ARCH (default: the GPU's compute capability, e.g. 90), JOBS, PEAK_GBS (4800)
 # Exit status: 0 when everything passed, 1 on a failure, 2 when the machine cannot run the check.
@@ -169,18 +170,27 @@ if [ $profile -eq 1 ]; then
       run synth-small "$build/mimo" synth --preset 7b --num_hidden_layers 2 --seed 0 --quiet --out "$small"
       touch "$small/.complete"
     fi
-    # A 200-token prompt, then 4 decode steps; ncu leaves the clocks as they are.
-    "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
-      "$build/mimo" generate --backend cuda --model "$small" --tokens "$(seq -s, 1 200)" -n 4 --greedy \
-      --mtp-depth 0 --ignore-eos --quiet >"$logs/ncu.csv" 2>"$logs/ncu.log"
-    profile_status=$?
-    if [ $profile_status -eq 0 ]; then
-      python3 "$root/tests/gpu/ncu_step.py" "$logs/ncu.csv" >"$logs/profile.md" || profile_status=$?
-    fi
-    if [ $profile_status -ne 0 ]; then
-      say "profile FAILED (logs: $logs/ncu.log, $logs/ncu.csv)"
-      tail -n 20 "$logs/ncu.log"
-    fi
+    # A 200-token prompt, then 4 decode steps, with the plain kernels and then with the fused
+    # ones; ncu leaves the clocks as they are (and runs kernels one at a time: programmatic
+    # launches cannot overlap under it).
+    : >"$logs/profile.md"
+    for variant in plain fused; do
+      flags=()
+      if [ $variant = fused ]; then flags=(--fuse-kernels); fi
+      "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+        "$build/benchmarks/bench_cuda" --model "$small" --prompt 200 --steps 4 "${flags[@]}" \
+        >"$logs/ncu-$variant.csv" 2>"$logs/ncu-$variant.log"
+      status=$?
+      if [ $status -eq 0 ]; then
+        { echo "### $variant kernels"; echo; python3 "$root/tests/gpu/ncu_step.py" "$logs/ncu-$variant.csv"; echo; } \
+          >>"$logs/profile.md" || status=$?
+      fi
+      if [ $status -ne 0 ]; then
+        say "profile FAILED (logs: $logs/ncu-$variant.log, $logs/ncu-$variant.csv)"
+        tail -n 20 "$logs/ncu-$variant.log"
+        profile_status=$status
+      fi
+    done
   fi
 fi
 
