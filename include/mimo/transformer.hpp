@@ -165,14 +165,30 @@ inline AttentionShape attention_shape(const ModelConfig& c) {
 
 namespace detail {
 
-// The fused ops of the backend surface, where the backend has them, else their plain ops.
+// The fused ops of the backend surface (backend.hpp), where the backend has them, else their
+// plain ops.
+template <class B>
+concept HasRmsNormLinear = requires(typename B::Context& ctx, const Rows& x, const typename B::Vector& w,
+                                    std::span<const typename B::LinearOp> ops) {
+  B::rms_norm_linear(ctx, x, w, 1e-6, x, ops);
+};
+template <class B>
+concept HasRmsNormSwiglu = requires(typename B::Context& ctx, const Rows& x, const typename B::Vector& w,
+                                    const typename B::Linear& proj) {
+  B::rms_norm_swiglu(ctx, x, w, 1e-6, x, proj, proj, x, x);
+};
+template <class B>
+concept HasRopeAttention = requires(typename B::Context& ctx, typename B::KvCache& kv, const Rows& x,
+                                    const AttentionShape& shape, std::span<const int64_t> positions) {
+  B::rope_attention(ctx, kv, int64_t{0}, int64_t{0}, x, x, x, shape, positions, x);
+};
 
 // normed = rms_norm(x); op.out (+)= normed W^T + bias for every op.
 template <class B>
 void rms_norm_linear(typename B::Context& ctx, const Rows& x, const typename B::Vector& weight, double eps,
                      const Rows& normed, std::initializer_list<typename B::LinearOp> ops) {
   const std::span<const typename B::LinearOp> all(ops.begin(), ops.size());
-  if constexpr (requires { B::rms_norm_linear(ctx, x, weight, eps, normed, all); }) {
+  if constexpr (HasRmsNormLinear<B>) {
     B::rms_norm_linear(ctx, x, weight, eps, normed, all);
   } else {
     B::rms_norm(ctx, x, weight, eps, normed);
@@ -185,7 +201,7 @@ template <class B>
 void rms_norm_swiglu(typename B::Context& ctx, const Rows& x, const typename B::Vector& weight, double eps,
                      const Rows& normed, const typename B::Linear& gate_proj, const typename B::Linear& up_proj,
                      const Rows& gate, const Rows& up) {
-  if constexpr (requires { B::rms_norm_swiglu(ctx, x, weight, eps, normed, gate_proj, up_proj, gate, up); }) {
+  if constexpr (HasRmsNormSwiglu<B>) {
     B::rms_norm_swiglu(ctx, x, weight, eps, normed, gate_proj, up_proj, gate, up);
   } else {
     B::rms_norm(ctx, x, weight, eps, normed);
@@ -199,7 +215,7 @@ template <class B>
 void rope_attention(typename B::Context& ctx, typename B::KvCache& kv, int64_t layer, int64_t length, const Rows& q,
                     const Rows& k, const Rows& v, const AttentionShape& shape, std::span<const int64_t> positions,
                     const Rows& out) {
-  if constexpr (requires { B::rope_attention(ctx, kv, layer, length, q, k, v, shape, positions, out); }) {
+  if constexpr (HasRopeAttention<B>) {
     B::rope_attention(ctx, kv, layer, length, q, k, v, shape, positions, out);
   } else {
     B::rope(ctx, q, shape.num_heads, shape, positions);

@@ -22,6 +22,13 @@
 using mimo::Cpu;
 using mimo::Cuda;
 
+// The model runs the CUDA backend's fused ops (a signature that drifted would silently fall back
+// to the plain ops, which compute the same bits); the CPU backend has none.
+static_assert(mimo::detail::HasRmsNormLinear<Cuda> && mimo::detail::HasRmsNormSwiglu<Cuda> &&
+              mimo::detail::HasRopeAttention<Cuda>);
+static_assert(!mimo::detail::HasRmsNormLinear<Cpu> && !mimo::detail::HasRmsNormSwiglu<Cpu> &&
+              !mimo::detail::HasRopeAttention<Cpu>);
+
 namespace {
 
 template <class B>
