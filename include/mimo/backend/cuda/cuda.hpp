@@ -519,8 +519,7 @@ struct Cuda {
     Op op(c, "linear");
     if (!op) return;
     for (const LinearOp& o : ops) {
-      if (!o.weight || o.weight->cols != x.width || o.out.count != x.count || o.out.width != o.weight->rows ||
-          o.out.stride < o.out.width || (o.bias && o.bias->size != 0 && o.bias->size != o.weight->rows)) {
+      if (!op_fits(x, o)) {
         return invalid(c, "linear: " + shape_of(x) + " by a weight of " +
                               (o.weight ? std::to_string(o.weight->rows) + "x" + std::to_string(o.weight->cols) : "null") +
                               " into " + shape_of(o.out));
@@ -934,14 +933,16 @@ struct Cuda {
     return a.data < b_end && b.data < a_end;
   }
 
-  // Whether linear(x, ops) fits its shapes (the checks of linear(), without recording a failure).
+  // Whether a product's shapes fit its input rows x (the checks of linear()).
+  static bool op_fits(const Rows& x, const LinearOp& o) {
+    return o.weight && o.weight->cols == x.width && o.out.count == x.count && o.out.width == o.weight->rows &&
+           o.out.stride >= o.out.width && (!o.bias || o.bias->size == 0 || o.bias->size == o.weight->rows);
+  }
+
+  // Whether linear(x, ops) would run without a failure: every op fits, on the context's device.
   static bool linear_fits(const Context& c, const Rows& x, std::span<const LinearOp> ops) {
     for (const LinearOp& o : ops) {
-      if (!o.weight || o.weight->cols != x.width || o.out.count != x.count || o.out.width != o.weight->rows ||
-          o.out.stride < o.out.width || (o.bias && o.bias->size != 0 && o.bias->size != o.weight->rows) ||
-          o.weight->device != c.device) {
-        return false;
-      }
+      if (!op_fits(x, o) || o.weight->device != c.device) return false;
     }
     return true;
   }

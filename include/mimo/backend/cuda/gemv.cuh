@@ -65,6 +65,75 @@ __device__ __forceinline__ uint4 load_streaming(const uint16_t* p) {
                     static_cast<unsigned>(v.w));
 }
 
+// The vector path's column loop, shared by gemv_kernel and gemv_norm_kernel so that both sum in
+// one order: lane l takes columns l * 8 + m * 256 (m = 0, 1, ...) of RPW weight rows w[p], 8 at
+// a time, in increasing order, into acc[p][r] against R input rows (x_stride floats apart).
+inline constexpr int64_t kGemvStep = 32 * 8;  // columns a warp covers with one 16-byte load per lane
+
+// acc[p][r] += the 8 weights of row p at column k (already loaded, packed) times row r of x there.
+template <int R, int RPW>
+__device__ __forceinline__ void gemv_fma8(float (&acc)[RPW][R], int p, const uint4& packed, const float* x,
+                                          int64_t x_stride, int64_t k) {
+  float wf[8];
+  unpack8(packed, wf);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float4 a = *reinterpret_cast<const float4*>(x + r * x_stride + k);
+    const float4 c = *reinterpret_cast<const float4*>(x + r * x_stride + k + 4);
+    const float xv[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[p][r] = fmaf(wf[i], xv[i], acc[p][r]);
+  }
+}
+
+// The first U column groups of each row from k, loaded ahead (of a wait, of a norm); groups past
+// the end (and all of them when !load) are left zero.
+template <int RPW, int U>
+__device__ __forceinline__ void gemv_load_head(uint4 (&head)[RPW][U], const uint16_t* const (&w)[RPW], int64_t k,
+                                               int64_t cols, bool load = true) {
+#pragma unroll
+  for (int p = 0; p < RPW; ++p) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) head[p][u] = load && k + u * kGemvStep < cols ? load_streaming(w[p] + k + u * kGemvStep) : uint4{};
+  }
+}
+
+// Uses the groups gemv_load_head loaded, in the order the loop below would have.
+template <int R, int RPW, int U>
+__device__ __forceinline__ void gemv_use_head(float (&acc)[RPW][R], const uint4 (&head)[RPW][U], const float* x,
+                                              int64_t x_stride, int64_t k, int64_t cols) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (k + u * kGemvStep < cols) {
+#pragma unroll
+      for (int p = 0; p < RPW; ++p) gemv_fma8<R, RPW>(acc, p, head[p][u], x, x_stride, k + u * kGemvStep);
+    }
+  }
+}
+
+// The columns from k on: U groups per row in flight, then the remainder one group at a time.
+template <int R, int RPW, int U>
+__device__ __forceinline__ void gemv_columns(float (&acc)[RPW][R], const uint16_t* const (&w)[RPW], const float* x,
+                                             int64_t x_stride, int64_t k, int64_t cols) {
+  for (; k + (U - 1) * kGemvStep < cols; k += U * kGemvStep) {
+    uint4 wv[RPW][U];
+#pragma unroll
+    for (int p = 0; p < RPW; ++p) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) wv[p][u] = load_streaming(w[p] + k + u * kGemvStep);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int p = 0; p < RPW; ++p) gemv_fma8<R, RPW>(acc, p, wv[p][u], x, x_stride, k + u * kGemvStep);
+    }
+  }
+  for (; k < cols; k += kGemvStep) {
+#pragma unroll
+    for (int p = 0; p < RPW; ++p) gemv_fma8<R, RPW>(acc, p, load_streaming(w[p] + k), x, x_stride, k);
+  }
+}
+
 // R input rows, RPW output rows per warp, U 16-byte weight loads per row and lane issued before
 // the first is used (the bytes in flight that keep memory busy). VEC: cols % 8 == 0 and x rows
 // 16-byte aligned. EARLY (with VEC): the first U loads of each row are issued before waiting for
@@ -108,56 +177,16 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvBatch b, const f
   }
 
   if constexpr (VEC) {
-    constexpr int64_t kStep = 32 * 8;  // columns a warp covers with one 16-byte load per lane
-    // Multiplies the 8 weights of row p at column k (already loaded) into every input row.
-    const auto fma8 = [&](int p, const uint4& packed, int64_t k) {
-      float wf[8];
-      unpack8(packed, wf);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float4 a = *reinterpret_cast<const float4*>(x + r * x_stride + k);
-        const float4 c = *reinterpret_cast<const float4*>(x + r * x_stride + k + 4);
-        const float xv[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[p][r] = fmaf(wf[i], xv[i], acc[p][r]);
-      }
-    };
     int64_t k = static_cast<int64_t>(lane) * 8;
     if constexpr (EARLY) {
-      // The first U column groups, loaded before the wait, used in the same order as below.
+      // The first U column groups, loaded before the wait.
       uint4 head[RPW][U];
-#pragma unroll
-      for (int p = 0; p < RPW; ++p) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) head[p][u] = k + u * kStep < cols ? load_streaming(w[p] + k + u * kStep) : uint4{};
-      }
+      gemv_load_head<RPW, U>(head, w, k, cols);
       wait_for_previous();
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (k + u * kStep < cols) {
-#pragma unroll
-          for (int p = 0; p < RPW; ++p) fma8(p, head[p][u], k + u * kStep);
-        }
-      }
-      k += U * kStep;
+      gemv_use_head<R, RPW, U>(acc, head, x, x_stride, k, cols);
+      k += U * kGemvStep;
     }
-    for (; k + (U - 1) * kStep < cols; k += U * kStep) {
-      uint4 wv[RPW][U];
-#pragma unroll
-      for (int p = 0; p < RPW; ++p) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) wv[p][u] = load_streaming(w[p] + k + u * kStep);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-#pragma unroll
-        for (int p = 0; p < RPW; ++p) fma8(p, wv[p][u], k + u * kStep);
-      }
-    }
-    for (; k < cols; k += kStep) {
-#pragma unroll
-      for (int p = 0; p < RPW; ++p) fma8(p, load_streaming(w[p] + k), k);
-    }
+    gemv_columns<R, RPW, U>(acc, w, x, x_stride, k, cols);
   } else {
     for (int64_t k = lane; k < cols; k += 32) {
       float xs[R];
@@ -235,7 +264,6 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
   const float* normed = reinterpret_cast<const float*>(normed_shared);
   constexpr int P = SWIGLU ? 2 : 1;  // weight rows per warp
   constexpr int U = 8 / P;           // loads per row and lane in flight
-  constexpr int64_t kStep = 32 * 8;  // columns a warp covers with one 16-byte load per lane
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
   const bool active = warp < total_rows;  // a warp past the end still takes part in the norm
@@ -250,14 +278,8 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
 
   // The first U column groups of each row, loaded before the norm.
   const int64_t k0 = static_cast<int64_t>(lane) * 8;
-  uint4 head[U][P];
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-      head[u][p] = active && k0 + u * kStep < cols ? load_streaming(w[p] + k0 + u * kStep) : make_uint4(0, 0, 0, 0);
-    }
-  }
+  uint4 head[P][U];
+  gemv_load_head<P, U>(head, w, k0, cols, active);
   wait_for_previous();  // x comes from the kernel ahead
   // One float4 of x per thread kept in registers (of 4 for 4096 columns): the norm's sums and
   // products are the same whatever it keeps, and the weight loads above hold 32 registers already
@@ -267,57 +289,22 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_norm_kernel(GemvBatch b, co
   __syncthreads();
   if (!active) return;
 
-  float acc[P];
-#pragma unroll
-  for (int p = 0; p < P; ++p) acc[p] = 0.0f;
-  // Multiplies the 8 weights of row p at column k (already loaded) into the normed row.
-  const auto fma8 = [&](int p, const uint4& packed, int64_t k) {
-    float wf[8];
-    unpack8(packed, wf);
-    const float4 a = *reinterpret_cast<const float4*>(normed + k);
-    const float4 c = *reinterpret_cast<const float4*>(normed + k + 4);
-    const float xv[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[p] = fmaf(wf[i], xv[i], acc[p]);
-  };
-  // Columns in increasing order per lane, as gemv_kernel: the head groups, then the rest.
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    if (k0 + u * kStep < cols) {
-#pragma unroll
-      for (int p = 0; p < P; ++p) fma8(p, head[u][p], k0 + u * kStep);
-    }
-  }
-  int64_t k = k0 + U * kStep;
-  for (; k + (U - 1) * kStep < cols; k += U * kStep) {
-    uint4 wv[U][P];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int p = 0; p < P; ++p) wv[u][p] = load_streaming(w[p] + k + u * kStep);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int p = 0; p < P; ++p) fma8(p, wv[u][p], k + u * kStep);
-    }
-  }
-  for (; k < cols; k += kStep) {
-#pragma unroll
-    for (int p = 0; p < P; ++p) fma8(p, load_streaming(w[p] + k), k);
-  }
+  // The product over the normed row, in gemv_kernel's column order: the head groups, then the rest.
+  float acc[P][1] = {};
+  gemv_use_head<1, P, U>(acc, head, normed, 0, k0, cols);
+  gemv_columns<1, P, U>(acc, w, normed, 0, k0 + U * kGemvStep, cols);
 
 #pragma unroll
-  for (int p = 0; p < P; ++p) acc[p] = warp_sum(acc[p]);
+  for (int p = 0; p < P; ++p) acc[p][0] = warp_sum(acc[p][0]);
   if (lane != 0) return;
   if constexpr (SWIGLU) {
     // + 0.0f: the plain GEMV stores acc + 0.0f (no bias), which turns -0 into +0.
-    const float gate = acc[0] + 0.0f, up = acc[1] + 0.0f;
+    const float gate = acc[0][0] + 0.0f, up = acc[1][0] + 0.0f;
     b.jobs[0].out[row] = gate / (1.0f + expf(-gate)) * up;
   } else {
     const GemvJob& job = b.jobs[j];
     float* o = job.out + row;
-    const float y = acc[0] + (job.bias ? job.bias[row] : 0.0f);
+    const float y = acc[0][0] + (job.bias ? job.bias[row] : 0.0f);
     *o = job.accumulate ? *o + y : y;
   }
 }
