@@ -2,14 +2,15 @@
 //   load time; the device's measured copy bandwidth; decode tokens/s at batch 1 (median step) for
 //   Session<Cuda> (eager, logits to the host) and for a graph-captured step with device argmax,
 //   each also with ContextOptions::fuse_kernels and programmatic_launch, with bytes read per token
-//   and the fraction of the bandwidth limit; prefill tokens/s for the
+//   and the fraction of the bandwidth limit; decode after a long prompt (--long-context, 0: none)
+//   with f32, f16 and bf16 KV caches; prefill tokens/s for the
 //   given prompt lengths with both product precisions; speculative decoding with a replay drafter
 //   at 100% acceptance (generate() with sessions, and graph-captured verification passes).
 // Result checks: the greedy tokens of the session and the graph decoder must agree, and a checksum
 // of the last logits row is printed.
 //
 //   bench_cuda --model DIR [--prompt 128] [--decode 256] [--prefill 512,4096] [--reps 3]
-//              [--depths 1,3,7] [--peak-gbs 4800]
+//              [--depths 1,3,7] [--peak-gbs 4800] [--long-context 4096]
 //   bench_cuda --model DIR --steps N [--prompt 128] [--fuse-kernels] [--programmatic-launch]
 //              only the prompt and N decode steps of one session, with those options, and no
 //              table: the run that tests/gpu/check.sh --profile hands to ncu
@@ -66,19 +67,19 @@ std::string fmt(const char* f, double v) {
 }
 
 // Bytes a decode step reads: every weight of the main layers and lm_head, one embedding row, the
-// norms and biases, and the KV cache up to `length` entries.
+// norms and biases, and the KV cache (of `kv_element` bytes an element) up to `length` entries.
 struct StepBytes {
   double weights = 0.0, kv_per_entry = 0.0;
   double at(double length) const { return weights + kv_per_entry * length; }
 };
-StepBytes step_bytes(const mimo::ModelConfig& c) {
+StepBytes step_bytes(const mimo::ModelConfig& c, int64_t kv_element = 4) {
   const double H = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);
   const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
   const double per_layer = 2.0 * (H * (q + 2 * kv) + q * H + 3 * H * F) + 4.0 * (q + 2 * kv + 2 * H);
   StepBytes b;
   b.weights = per_layer * static_cast<double>(c.num_hidden_layers) + 2.0 * static_cast<double>(c.vocab_size) * H +
               2.0 * H + 4.0 * H;
-  b.kv_per_entry = 2.0 * 4.0 * kv * static_cast<double>(c.num_hidden_layers);
+  b.kv_per_entry = 2.0 * static_cast<double>(kv_element) * kv * static_cast<double>(c.num_hidden_layers);
   return b;
 }
 
@@ -128,7 +129,7 @@ void prefill(cuda_test::GraphDecoder& d, std::span<const int32_t> prompt, std::v
 
 int main(int argc, char** argv) {
   std::string model_dir;
-  int64_t prompt_len = 128, decode = 256, reps = 3;
+  int64_t prompt_len = 128, decode = 256, reps = 3, long_context = 4096;
   std::vector<int64_t> prefills = {512, 4096}, depths = {1, 3, 7};
   double peak_gbs = 4800.0;
   int64_t steps_only = 0;
@@ -143,6 +144,7 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") prompt_len = bench::integer("bench_cuda", a, next(), 1);
     else if (a == "--decode") decode = bench::integer("bench_cuda", a, next(), 1);
     else if (a == "--reps") reps = bench::integer("bench_cuda", a, next(), 1, 1000);
+    else if (a == "--long-context") long_context = bench::integer("bench_cuda", a, next(), 0);
     else if (a == "--prefill") prefills = bench::integers("bench_cuda", a, next(), 1);
     else if (a == "--depths") depths = bench::integers("bench_cuda", a, next(), 1, 7);
     else if (a == "--peak-gbs") peak_gbs = bench::number("bench_cuda", a, next(), 1.0, 1e6);
@@ -190,9 +192,9 @@ int main(int argc, char** argv) {
   const int64_t V = c.vocab_size;
   const auto prompt = prompt_tokens(prompt_len, V, 1);
   const int64_t context = prompt_len + decode + 64;
-  auto bandwidth = [&](double tok_s, double avg_length) {
-    const double gbs = bytes.at(avg_length) * tok_s / 1e9;
-    return fmt("%.2f GB/token, ", bytes.at(avg_length) / 1e9) + fmt("%.0f GB/s = ", gbs) + fmt("%.0f%% of nominal", 100.0 * gbs / peak_gbs) +
+  auto bandwidth = [&](double tok_s, double avg_length, const StepBytes& read) {
+    const double gbs = read.at(avg_length) * tok_s / 1e9;
+    return fmt("%.2f GB/token, ", read.at(avg_length) / 1e9) + fmt("%.0f GB/s = ", gbs) + fmt("%.0f%% of nominal", 100.0 * gbs / peak_gbs) +
            (copy_gbs > 0 ? fmt(", %.0f%% of measured copy", 100.0 * gbs / copy_gbs) : std::string());
   };
   const double avg_length = static_cast<double>(prompt_len) + static_cast<double>(decode) / 2;
@@ -213,7 +215,7 @@ int main(int argc, char** argv) {
     const double tok_s = 1.0 / median(steps);
     if (!fuse) session_tokens = tokens;
     row(fuse ? "decode batch 1: Session, fused kernels" : "decode batch 1: Session (eager, logits to host)", fmt("%.1f tok/s", tok_s),
-        bandwidth(tok_s, avg_length) + (fuse ? std::string(", same tokens: ") + (tokens == session_tokens ? "yes" : "NO") : std::string()));
+        bandwidth(tok_s, avg_length, bytes) + (fuse ? std::string(", same tokens: ") + (tokens == session_tokens ? "yes" : "NO") : std::string()));
   }
 
   // --- decode at batch 1: one graph per step, argmax on the device ---
@@ -243,7 +245,7 @@ int main(int argc, char** argv) {
     const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), session_tokens.begin()).first - out.begin());
     row(std::string(v.name) + (v.programmatic && !mimo::Cuda::programmatic(d.context()) ? " (inactive)" : ""),
         fmt("%.1f tok/s", tok_s),
-        bandwidth(tok_s, avg_length) + ", same tokens as the session: " + std::to_string(agree) + "/" + std::to_string(decode) +
+        bandwidth(tok_s, avg_length, bytes) + ", same tokens as the session: " + std::to_string(agree) + "/" + std::to_string(decode) +
             (graphs ? ", graph launches " + std::to_string(mimo::Cuda::graph_launches(d.context())) : std::string()));
     if (graphs && !v.fuse && !v.programmatic) {
       std::vector<float> last;
@@ -253,6 +255,33 @@ int main(int argc, char** argv) {
       std::string first;
       for (size_t i = 0; i < std::min<size_t>(3, out.size()); ++i) first += (i ? "," : "") + std::to_string(out[i]);
       row("result check", fmt("%.6g", sum), "sum of the last logits row; first tokens " + first);
+    }
+  }
+
+  // --- decode at a long context, per KV cache type: there the cache is a share of the bytes ---
+  if (long_context > 0 && long_context + 72 <= c.max_position_embeddings) {
+    const auto long_prompt = prompt_tokens(long_context, V, 3);
+    const int64_t long_steps = std::min<int64_t>(decode, 64);
+    std::vector<int32_t> f32_tokens;
+    for (mimo::KvType type : {mimo::KvType::f32, mimo::KvType::f16, mimo::KvType::bf16}) {
+      auto d = must(cuda_test::GraphDecoder::create(model, long_context + long_steps + 8, static_cast<int64_t>(kDecoderBatch),
+                                                    {.kv_cache = type}),
+                    "decoder");
+      std::vector<int32_t> ids, out;
+      prefill(d, long_prompt, ids);
+      std::vector<double> steps;
+      for (int64_t i = 0; i < long_steps; ++i) {
+        out.push_back(ids.back());
+        const auto t = Clock::now();
+        must(d.step(std::span<const int32_t>(&out.back(), 1), false, ids), "decode");
+        steps.push_back(since(t));
+      }
+      if (type == mimo::KvType::f32) f32_tokens = out;
+      const double tok_s = 1.0 / median(steps);
+      const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), f32_tokens.begin()).first - out.begin());
+      row("decode at " + std::to_string(long_context) + " entries: graph, " + std::string(to_string(type)) + " cache", fmt("%.1f tok/s", tok_s),
+          bandwidth(tok_s, static_cast<double>(long_context) + static_cast<double>(long_steps) / 2, step_bytes(c, mimo::kv_element_bytes(type))) +
+              ", tokens as with f32: " + std::to_string(agree) + "/" + std::to_string(long_steps));
     }
   }
 

@@ -130,7 +130,8 @@ class Model {
   static MemoryEstimate estimate_for(const ModelConfig& c, uint64_t weight_bytes, const SessionOptions<B>& o) {
     MemoryEstimate m;
     m.weights = weight_bytes;
-    // The cache's element type is the backend's (CPU: ContextOptions::kv_cache; otherwise fp32).
+    // The cache's element type is the backend's (ContextOptions::kv_cache where the backend has
+    // kv_cache_bytes; otherwise fp32).
     auto cache_bytes = [&](int64_t layers) -> uint64_t {
       if constexpr (requires { B::kv_cache_bytes(o.backend, layers, c.num_key_value_heads, c.head_dim, o.context); }) {
         return B::kv_cache_bytes(o.backend, layers, c.num_key_value_heads, c.head_dim, o.context);

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -123,6 +124,23 @@ inline double nmse(const std::vector<float>& a, const std::vector<float>& b) {
   return den > 0.0 ? num / den : num;
 }
 
+// Saved KV state (kv_save) of a cache of `type` as floats.
+inline std::vector<float> widen_kv_state(const std::vector<std::byte>& bytes, mimo::KvType type) {
+  REQUIRE(type != mimo::KvType::i8);
+  const size_t element = static_cast<size_t>(mimo::kv_element_bytes(type));
+  std::vector<float> v(bytes.size() / element);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (type == mimo::KvType::f32) {
+      std::memcpy(&v[i], bytes.data() + 4 * i, 4);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, bytes.data() + 2 * i, 2);
+      v[i] = type == mimo::KvType::f16 ? mimo::f16_to_f32(h) : mimo::bf16_to_f32(h);
+    }
+  }
+  return v;
+}
+
 inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   REQUIRE(a.size() == b.size());
   double m = 0.0;
@@ -133,14 +151,14 @@ inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>
   return m;
 }
 
-// A CPU and a CUDA context for the same attention shape.
+// A CPU and a CUDA context for the same attention shape, with KV caches of the same type.
 struct Contexts {
   mimo::Cpu::Context cpu;
   mimo::Cuda::Context gpu;
   Contexts(const mimo::AttentionShape& shape, int64_t capacity, mimo::Cuda::ContextOptions options = {}) {
     // Exact fp32 products on the CPU: the GPU's GEMV keeps activations in fp32, while the CPU's
     // default rounds them to bf16 where it has AVX512_BF16 (an error of about 1e-6 in nmse).
-    auto c = mimo::Cpu::make_context({.exact = true, .kv_cache = mimo::cpu::KvType::f32}, shape, capacity, 4096);
+    auto c = mimo::Cpu::make_context({.exact = true, .kv_cache = options.kv_cache}, shape, capacity, 4096);
     REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().describe()));
     cpu = std::move(*c);
     auto g = mimo::Cuda::make_context(options, shape, capacity, 4096);

@@ -26,7 +26,7 @@ class GraphDecoder {
     auto ctx = mimo::Cuda::make_context(options, mimo::attention_shape(c), capacity, max_cols);
     if (!ctx) return std::move(ctx).error();
     d.ctx_ = std::move(*ctx);
-    if (auto s = mimo::Cuda::make_kv_cache(d.kv_, c.num_hidden_layers, mimo::attention_shape(c), capacity); !s) {
+    if (auto s = mimo::Cuda::make_kv_cache(d.ctx_, d.kv_, c.num_hidden_layers, mimo::attention_shape(c), capacity); !s) {
       return std::move(s).error();
     }
     if (auto s = d.act_.allocate(batch, c); !s) return std::move(s).error();
@@ -75,6 +75,7 @@ class GraphDecoder {
     return mimo::Cuda::to_host(ctx_, logits_, out.data());
   }
   mimo::Cuda::Context& context() { return ctx_; }
+  const mimo::Cuda::KvCache& kv_cache() const { return kv_; }
 
  private:
   explicit GraphDecoder(mimo::Model<mimo::Cuda> model) : model_(std::move(model)) {}

@@ -6,6 +6,7 @@
 // with CUDA graphs.
 #include <doctest/doctest.h>
 
+#include <tuple>
 #include <type_traits>
 
 #include <algorithm>
@@ -250,6 +251,62 @@ TEST_CASE("cuda fixture: greedy continuation of 16 tokens, with sessions and wit
   CHECK(cuda_test::max_abs_diff(std::vector<float>(last.begin(), last.end()), from_graphs) <= 1e-5);
 }
 
+TEST_CASE("cuda KV cache types: f16 and bf16 on the fixture, in graphs, and saved across backends") {
+  const Fixture& f = Fixture::get();
+  const auto model = load<Cuda>(test::tiny_fixture());
+  const auto cpu_model = load<Cpu>(test::tiny_fixture());
+  const int64_t T = static_cast<int64_t>(f.prompt.size());
+  // The GPU's 2e-2 plus the CPU backend's bound for the cache type on this fixture
+  // (test_cpu_attention.cpp: f16 4e-3, bf16 2.5e-2). Argmax: the fixture's smallest top-1 margins
+  // are 0.0095 and 0.02, above the f16 cache's error on the CPU (1.8e-3) but not the bf16
+  // cache's (1.15e-2), so with bf16 only rows whose margin exceeds the tolerance count, and its
+  // greedy tokens are checked against the GPU session's own (the CPU's caches of both types do
+  // continue the fixture's greedy continuation).
+  for (auto [type, tolerance, margin] : {std::tuple{mimo::KvType::f16, 2.4e-2, 0.0}, {mimo::KvType::bf16, 4.5e-2, 4.5e-2}}) {
+    CAPTURE(to_string(type));
+    auto s = session_of(model, 64, 256, {.kv_cache = type});
+    auto all = s.append(f.prompt, {.logits = mimo::OutputRows::all});  // the tiled kernel
+    REQUIRE_MESSAGE(all.has_value(), (all ? "" : all.error().describe()));
+    check_logits(all->data, f.main_logits, f.main_argmax, f.main_margin, T, f.vocab, tolerance, margin);
+
+    auto one = session_of(model, 64, 256, {.kv_cache = type});  // split-K, token by token
+    std::vector<float> got;
+    for (int32_t t : f.prompt) {
+      auto logits = one.append({t});
+      REQUIRE(logits.has_value());
+      got.insert(got.end(), logits->data, logits->data + f.vocab);
+    }
+    check_logits(got.data(), f.main_logits, f.main_argmax, f.main_margin, T, f.vocab, tolerance, margin);
+
+    auto g = session_of(model, 64, 256, {.kv_cache = type});
+    const auto tokens = greedy(g, f.prompt, 16);
+    MESSAGE(to_string(type), " cache: greedy continuation equals the fixture's: ", tokens == f.greedy);
+    if (type == mimo::KvType::f16) CHECK(tokens == f.greedy);
+    // Graphs with fused kernels compute the session's bits: the same tokens.
+    auto d = cuda_test::GraphDecoder::create(model, 64, 32, {.fuse_kernels = true, .kv_cache = type});
+    REQUIRE_MESSAGE(d.has_value(), (d ? "" : d.error().describe()));
+    CHECK(d->kv_cache().type == type);
+    CHECK(graph_greedy(*d, f.prompt, 16) == tokens);
+
+    // The GPU session's state restored into a CPU session with the same cache type continues as
+    // the GPU session does; an f32 session refuses it.
+    std::vector<std::byte> state;
+    cuda_test::require_ok(s.save(state));
+    auto c = cpu_model.new_session({.context = 64, .batch = 256, .backend = {.exact = true, .kv_cache = type}});
+    REQUIRE(c.has_value());
+    cuda_test::require_ok(c->restore(state));
+    const std::vector<int32_t> next(f.greedy.begin(), f.greedy.begin() + 4);
+    auto next_gpu = s.append(next, {.logits = mimo::OutputRows::all});
+    auto next_cpu = c->append(next, {.logits = mimo::OutputRows::all});
+    REQUIRE(next_gpu.has_value());
+    REQUIRE(next_cpu.has_value());
+    CHECK(cuda_test::max_abs_diff(std::vector<float>(next_gpu->data, next_gpu->data + 4 * f.vocab),
+                                  std::vector<float>(next_cpu->data, next_cpu->data + 4 * f.vocab)) <= tolerance);
+    auto f32 = session_of(model, 64);
+    CHECK_FALSE(f32.restore(state).has_value());
+  }
+}
+
 TEST_CASE("cuda vs cpu on generated shapes: logits, MTP logits, greedy") {
   struct Shape {
     const char* name;
@@ -430,6 +487,34 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
     mimo::SpeculativeStats stats;
     CHECK(run(depth, nullptr, &stats) == plain);
   }
+}
+
+// Host-side checks that need no GPU: cuda_main.cpp runs this suite on machines without one.
+TEST_CASE("cuda host: KV cache types: i8 is refused by name, estimates count the type's bytes" * doctest::test_suite("cuda host")) {
+  const mimo::AttentionShape shape{4, 2, 16, 10000.0};
+  auto c = Cuda::make_context({.kv_cache = mimo::KvType::i8}, shape, 64, 64);
+  REQUIRE_FALSE(c.has_value());
+  CHECK(c.error().code() == mimo::Errc::invalid_argument);
+  CHECK(c.error().describe().find("KV cache type i8") != std::string::npos);
+  auto bogus = Cuda::make_context({.kv_cache = static_cast<mimo::KvType>(9)}, shape, 64, 64);
+  REQUIRE_FALSE(bogus.has_value());
+  CHECK(bogus.error().describe().find("type 9") != std::string::npos);
+  Cuda::KvCache kv;
+  auto st = Cuda::make_kv_cache(kv, 2, shape, 64, mimo::KvType::i8);
+  REQUIRE_FALSE(st.has_value());
+  CHECK(st.error().code() == mimo::Errc::invalid_argument);
+  CHECK(kv.keys.size() == 0);
+
+  const auto config = test::small_config(300, 64, 3, 4, 2, 16, 96, 1);
+  const uint64_t f32_bytes = 2ull * 3 * 2 * 16 * 4 * 1000;  // keys and values, layers, KV heads, head_dim, 4 bytes, entries
+  for (auto [type, bytes] : {std::pair{mimo::KvType::f32, f32_bytes}, {mimo::KvType::f16, f32_bytes / 2},
+                             {mimo::KvType::bf16, f32_bytes / 2}}) {
+    CAPTURE(to_string(type));
+    const auto e = mimo::Model<Cuda>::estimate_for(config, 0, {.context = 1000, .backend = {.kv_cache = type}});
+    CHECK(e.kv_cache == bytes);
+    CHECK(e.mtp_cache == bytes / 3);
+  }
+  CHECK(Cuda::ContextOptions{}.kv_cache == mimo::KvType::f32);
 }
 
 TEST_CASE("cuda errors: bad devices and options are error values") {

@@ -32,12 +32,6 @@ float unwritten() {
   return f;
 }
 
-std::vector<float> as_floats(const std::vector<std::byte>& bytes) {
-  std::vector<float> v(bytes.size() / sizeof(float));
-  std::memcpy(v.data(), bytes.data(), v.size() * sizeof(float));
-  return v;
-}
-
 }  // namespace
 
 TEST_CASE("cuda ops: embed widens bf16 rows exactly") {
@@ -300,6 +294,79 @@ TEST_CASE("cuda ops: attention, split-K and tiled kernels, grouped heads, after 
   }
 }
 
+TEST_CASE("cuda ops: f16 and bf16 KV caches store the CPU backend's bits and attend as it does") {
+  // Both backends round each key and value once, to nearest even (f16 saturating at +-65504,
+  // never infinity), and attend in fp32 over the widened elements: the same cache bits, and
+  // outputs that differ only in summation order.
+  struct Shape {
+    int64_t heads, kv_heads, head_dim;
+  };
+  for (mimo::KvType type : {mimo::KvType::f16, mimo::KvType::bf16}) {
+    for (Shape sh : {Shape{32, 8, 128}, Shape{6, 3, 48}, Shape{4, 2, 16}}) {
+      for (int decode_rows : {0, 8}) {  // 0: every attention goes through the tiled kernel
+        CAPTURE(to_string(type));
+        CAPTURE(sh.heads);
+        CAPTURE(sh.head_dim);
+        CAPTURE(decode_rows);
+        const int64_t capacity = 600;
+        const mimo::AttentionShape s{sh.heads, sh.kv_heads, sh.head_dim, 10000.0};
+        Contexts ctx(s, capacity, {.decode_attention_max_rows = decode_rows, .kv_cache = type});
+        Cpu::KvCache ckv;
+        Cuda::KvCache gkv;
+        cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 2, s, capacity));
+        cuda_test::require_ok(Cuda::make_kv_cache(ctx.gpu, gkv, 2, s, capacity));
+        REQUIRE(Cuda::kv_format(gkv) == Cpu::kv_format(ckv));
+        const int64_t qw = sh.heads * sh.head_dim, kw = sh.kv_heads * sh.head_dim;
+        int64_t length = 0;
+        uint32_t seed = 300;
+        for (int64_t n : {int64_t{37}, int64_t{1}, int64_t{3}, int64_t{8}, int64_t{200}, int64_t{1}, int64_t{2}}) {
+          CAPTURE(length);
+          CAPTURE(n);
+          const auto q = random_values(static_cast<size_t>(n * qw), seed++);
+          auto k = random_values(static_cast<size_t>(n * kw), seed++);
+          auto v = random_values(static_cast<size_t>(n * kw), seed++);
+          if (length == 0) {
+            // Values past f16's range and at its edge, f16 subnormals and underflow, and ties of
+            // both types, rounding down and up to the even neighbour (f16: 2 + 2^-10 to 2,
+            // 2 + 3 * 2^-10 to 2 + 2^-8; bf16: 1 + 2^-8 to 1, 1 + 3 * 2^-8 to 1 + 2^-6).
+            const float edges[] = {1e5f,         -7e4f,       65519.0f,      65520.0f,   -65504.0f, 3e-6f,
+                                   -6e-8f,       1e-9f,       2.0009765625f, 1.00390625f, 2.0029296875f, 1.01171875f};
+            std::copy(std::begin(edges), std::end(edges), v.begin());
+            std::copy(std::begin(edges) + 5, std::end(edges), k.begin());  // keys stay small: scores stay finite
+          }
+          HostRows hq(n, qw, qw + 4), hk(n, kw), hv(n, kw, kw + 2), ho(n, qw);
+          DeviceRows dq(n, qw, qw + 4), dk(n, kw), dv(n, kw, kw + 2), dout(n, qw);
+          hq.upload(q);
+          dq.upload(q);
+          hk.upload(k);
+          dk.upload(k);
+          hv.upload(v);
+          dv.upload(v);
+          for (int64_t layer : {int64_t{1}, int64_t{0}}) {
+            Cpu::attention(ctx.cpu, ckv, layer, length, hq.rows, hk.rows, hv.rows, s, ho.rows);
+            Cuda::attention(ctx.gpu, gkv, layer, length, dq.rows, dk.rows, dv.rows, s, dout.rows);
+            ctx.sync();
+            CHECK(nmse(dout.download(), ho.download()) < 1e-10);
+          }
+          length += n;
+        }
+        std::vector<std::byte> a, b;
+        mimo::detail::ByteWriter wa(a), wb(b);
+        cuda_test::require_ok(Cpu::kv_save(ckv, length, wa));
+        cuda_test::require_ok(Cuda::kv_save(gkv, length, wb));
+        CHECK(b.size() == Cuda::kv_bytes(gkv, length));
+        CHECK(b.size() == mimo::kv_state_bytes(type, 2, sh.kv_heads, sh.head_dim, length));
+        CHECK(a == b);
+        // The first values, as the CPU rounded them: saturated, not infinite.
+        const auto widened = cuda_test::widen_kv_state(b, type);
+        const size_t values_at = static_cast<size_t>(length * sh.head_dim);  // layer 0, head 0: keys, then values
+        CHECK(widened[values_at] == (type == mimo::KvType::f16 ? 65504.0f : mimo::bf16_to_f32(mimo::f32_to_bf16(1e5f))));
+        CHECK(std::isfinite(widened[values_at + 1]));
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda ops: fused rms_norm_linear and rms_norm_swiglu equal the plain ops they stand for") {
   // One row takes the fused GEMV (the norm folded into the product), which must give the plain
   // ops' bits; 3 rows, 100 columns (not a multiple of 8) or five products run as the plain ops.
@@ -419,27 +486,30 @@ TEST_CASE("cuda ops: fused rms_norm_linear and rms_norm_swiglu equal the plain o
   }
 }
 
-TEST_CASE("cuda ops: fused rope_attention equals rope, rope and attention") {
+TEST_CASE("cuda ops: fused rope_attention equals rope, rope and attention, for each KV cache type") {
   struct Shape {
     int64_t heads, kv_heads, head_dim;
   };
   for (Shape sh : {Shape{4, 2, 16}, Shape{32, 8, 128}, Shape{6, 3, 48}, Shape{12, 1, 2}}) {
-    for (bool fuse : {true, false}) {
+    for (auto [fuse, type] : {std::pair{true, mimo::KvType::f32}, {false, mimo::KvType::f32}, {true, mimo::KvType::f16},
+                              {false, mimo::KvType::f16}, {true, mimo::KvType::bf16}}) {
+      CAPTURE(to_string(type));
       CAPTURE(sh.heads);
       CAPTURE(sh.kv_heads);
       CAPTURE(sh.head_dim);
       CAPTURE(fuse);
       const int64_t capacity = 600;
       const mimo::AttentionShape s{sh.heads, sh.kv_heads, sh.head_dim, 640000.0};
-      Contexts ctx(s, capacity, {.fuse_kernels = fuse});
-      auto plain_ctx = Cuda::make_context({}, s, capacity, 4096);
+      Contexts ctx(s, capacity, {.fuse_kernels = fuse, .kv_cache = type});
+      auto plain_ctx = Cuda::make_context({.kv_cache = type}, s, capacity, 4096);
       REQUIRE(plain_ctx.has_value());
       Cuda::Context& plain = *plain_ctx;
       Cpu::KvCache ckv;
       Cuda::KvCache gkv, pkv;
       cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 2, s, capacity));
-      cuda_test::require_ok(Cuda::make_kv_cache(gkv, 2, s, capacity));
-      cuda_test::require_ok(Cuda::make_kv_cache(pkv, 2, s, capacity));
+      cuda_test::require_ok(Cuda::make_kv_cache(ctx.gpu, gkv, 2, s, capacity));
+      cuda_test::require_ok(Cuda::make_kv_cache(plain, pkv, 2, s, capacity));
+      REQUIRE(gkv.type == type);
       const int64_t qw = sh.heads * sh.head_dim, kw = sh.kv_heads * sh.head_dim;
       int64_t length = 0;
       uint32_t seed = 200;
@@ -476,7 +546,8 @@ TEST_CASE("cuda ops: fused rope_attention equals rope, rope and attention") {
           cuda_test::require_ok(Cuda::synchronize(plain));
           const auto out = dout.download();
           CHECK(out == pout.download());
-          CHECK(nmse(out, ho.download()) < 1e-10);
+          // A 16-bit cache may round a key the CPU rotated one last bit apart to another value.
+          CHECK(nmse(out, ho.download()) < (type == mimo::KvType::f32 ? 1e-10 : 1e-9));
           // q and k rotated in place, as rope does (the GPU contracts a rotation to an FMA, the
           // CPU build need not: a last-bit difference from the CPU).
           CHECK(dq.download() == pq.download());
@@ -487,14 +558,16 @@ TEST_CASE("cuda ops: fused rope_attention equals rope, rope and attention") {
         length += n;
       }
       // The caches hold the same (rotated) keys and values: the plain GPU ops' bits, the CPU's
-      // to the last bit.
+      // to the last bit of the type (a 16-bit element rarely rounds the other way).
       std::vector<std::byte> a, b, p;
       mimo::detail::ByteWriter wa(a), wb(b), wp(p);
       cuda_test::require_ok(Cpu::kv_save(ckv, length, wa));
       cuda_test::require_ok(Cuda::kv_save(gkv, length, wb));
       cuda_test::require_ok(Cuda::kv_save(pkv, length, wp));
       CHECK(b == p);
-      CHECK(nmse(as_floats(b), as_floats(a)) < 1e-12);
+      CHECK(b.size() == a.size());
+      const double bound = type == mimo::KvType::f32 ? 1e-12 : type == mimo::KvType::f16 ? 1e-8 : 1e-7;
+      CHECK(nmse(cuda_test::widen_kv_state(b, type), cuda_test::widen_kv_state(a, type)) < bound);
     }
   }
 }
@@ -568,38 +641,43 @@ TEST_CASE("cuda ops: a bad op is reported at the next synchronisation, then the 
   CHECK_FALSE(Cuda::make_context({.device = 9999}, kNoAttention, 16, 64).has_value());
 }
 
-TEST_CASE("cuda ops: saved KV caches move between the backends") {
+TEST_CASE("cuda ops: saved KV caches move between the backends, for each type") {
   const mimo::AttentionShape s{4, 2, 16, 10000.0};
-  Contexts ctx(s, 64);
-  Cpu::KvCache ckv, back;
-  Cuda::KvCache gkv, copy;
-  cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 3, s, 64));
-  cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, back, 3, s, 64));
-  cuda_test::require_ok(Cuda::make_kv_cache(gkv, 3, s, 64));
-  const int64_t n = 20;
-  const auto q = random_values(static_cast<size_t>(n * 64), 1), k = random_values(static_cast<size_t>(n * 32), 2),
-             v = random_values(static_cast<size_t>(n * 32), 3);
-  HostRows hq(n, 64), hk(n, 32), hv(n, 32), ho(n, 64);
-  hq.upload(q);
-  hk.upload(k);
-  hv.upload(v);
-  for (int64_t layer = 0; layer < 3; ++layer) Cpu::attention(ctx.cpu, ckv, layer, 0, hq.rows, hk.rows, hv.rows, s, ho.rows);
-  std::vector<std::byte> saved;
-  mimo::detail::ByteWriter w(saved);
-  cuda_test::require_ok(Cpu::kv_save(ckv, n, w));
-  mimo::detail::ByteReader r(saved, "state");
-  cuda_test::require_ok(Cuda::kv_load(gkv, n, r));
-  cuda_test::require_ok(Cuda::copy_kv_cache(copy, gkv, n));
-  std::vector<std::byte> again;
-  mimo::detail::ByteWriter w2(again);
-  cuda_test::require_ok(Cuda::kv_save(copy, n, w2));
-  CHECK(again == saved);
-  mimo::detail::ByteReader r2(again, "state");
-  cuda_test::require_ok(Cpu::kv_load(back, n, r2));
-  std::vector<std::byte> third;
-  mimo::detail::ByteWriter w3(third);
-  cuda_test::require_ok(Cpu::kv_save(back, n, w3));
-  CHECK(third == saved);
+  for (mimo::KvType type : {mimo::KvType::f32, mimo::KvType::f16, mimo::KvType::bf16}) {
+    CAPTURE(to_string(type));
+    Contexts ctx(s, 64, {.kv_cache = type});
+    Cpu::KvCache ckv, back;
+    Cuda::KvCache gkv, copy;
+    cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 3, s, 64));
+    cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, back, 3, s, 64));
+    cuda_test::require_ok(Cuda::make_kv_cache(ctx.gpu, gkv, 3, s, 64));
+    CHECK(Cuda::kv_format(gkv) == static_cast<uint32_t>(type));
+    const int64_t n = 20;
+    const auto q = random_values(static_cast<size_t>(n * 64), 1), k = random_values(static_cast<size_t>(n * 32), 2),
+               v = random_values(static_cast<size_t>(n * 32), 3);
+    HostRows hq(n, 64), hk(n, 32), hv(n, 32), ho(n, 64);
+    hq.upload(q);
+    hk.upload(k);
+    hv.upload(v);
+    for (int64_t layer = 0; layer < 3; ++layer) Cpu::attention(ctx.cpu, ckv, layer, 0, hq.rows, hk.rows, hv.rows, s, ho.rows);
+    std::vector<std::byte> saved;
+    mimo::detail::ByteWriter w(saved);
+    cuda_test::require_ok(Cpu::kv_save(ckv, n, w));
+    mimo::detail::ByteReader r(saved, "state");
+    cuda_test::require_ok(Cuda::kv_load(gkv, n, r));
+    cuda_test::require_ok(Cuda::copy_kv_cache(copy, gkv, n));
+    std::vector<std::byte> again;
+    mimo::detail::ByteWriter w2(again);
+    cuda_test::require_ok(Cuda::kv_save(copy, n, w2));
+    CHECK(again == saved);
+    mimo::detail::ByteReader r2(again, "state");
+    cuda_test::require_ok(Cpu::kv_load(back, n, r2));
+    std::vector<std::byte> third;
+    mimo::detail::ByteWriter w3(third);
+    cuda_test::require_ok(Cpu::kv_save(back, n, w3));
+    CHECK(third == saved);
+    CHECK(copy.type == type);
+  }
 }
 
 TEST_CASE("cuda ops: Cuda::forward captures a repeated sequence of ops and replays it with new inputs") {

@@ -19,7 +19,10 @@ Expected<Cuda::ContextOptions> context_options<Cuda>(const Args& args) {
   if (cudaSetDevice(static_cast<int>(*device)) != cudaSuccess) {
     return Error(Errc::backend, "--device " + std::to_string(*device) + ": no such CUDA device");
   }
-  return Cuda::ContextOptions{.device = static_cast<int>(*device)};
+  auto kv = kv_cache_type(args, Cuda::ContextOptions{}.kv_cache);
+  if (!kv) return std::move(kv).error();
+  if (!cuda::cuda_kv_type(*kv)) return Error(Errc::invalid_argument, "--kv-cache i8 is CPU only (CUDA: f32, f16 or bf16)");
+  return Cuda::ContextOptions{.device = static_cast<int>(*device), .kv_cache = *kv};
 }
 
 int run_generate_cuda(const Args& args, const char* program) { return run_generate<Cuda>(args, program); }

@@ -103,11 +103,13 @@ inline Expected<LoadOptions> load_options(const Args& args) {
   return o;
 }
 
-// --kv-cache {f32,f16,bf16,i8} (CPU backend; default f16).
-inline Expected<cpu::KvType> kv_cache_type(const Args& args) {
-  const std::string t = args.get("kv-cache", "f16");
-  for (cpu::KvType k : {cpu::KvType::f32, cpu::KvType::f16, cpu::KvType::bf16, cpu::KvType::i8}) {
-    if (t == cpu::to_string(k)) return k;
+// --kv-cache {f32,f16,bf16,i8}: the KV cache's element type (default: `fallback`, the backend's
+// default; the CUDA backend stores f32, f16 and bf16 and says so when asked for i8).
+inline Expected<KvType> kv_cache_type(const Args& args, KvType fallback = KvType::f16) {
+  if (!args.has("kv-cache")) return fallback;
+  const std::string t = args.get("kv-cache", "");
+  for (KvType k : {KvType::f32, KvType::f16, KvType::bf16, KvType::i8}) {
+    if (t == to_string(k)) return k;
   }
   return Error(Errc::invalid_argument, "--kv-cache must be f32, f16, bf16 or i8, not '" + t + "'");
 }

@@ -36,6 +36,7 @@
 #include <type_traits>
 
 #include "mimo/backend/backend.hpp"
+#include "mimo/backend/kv_type.hpp"
 #include "mimo/detail/aligned_buffer.hpp"
 #include "mimo/detail/byte_stream.hpp"
 #include "mimo/dtype.hpp"
@@ -43,37 +44,13 @@
 
 namespace mimo::cpu {
 
-// Element type of a KV cache. The values are the saved-state format numbers (kv_format).
-enum class KvType : uint32_t {
-  f32 = 1,   // exact
-  f16 = 2,   // half the memory; ~3 significant decimal digits
-  bf16 = 3,  // half the memory; ~2 significant decimal digits, f32 range
-  i8 = 4,    // a quarter of the memory (plus a scale per entry); see the header comment
-};
-
-constexpr std::string_view to_string(KvType t) {
-  switch (t) {
-    case KvType::f32: return "f32";
-    case KvType::f16: return "f16";
-    case KvType::bf16: return "bf16";
-    case KvType::i8: return "i8";
-  }
-  return "?";
-}
-
-constexpr bool valid_kv_type(KvType t) {
-  return t == KvType::f32 || t == KvType::f16 || t == KvType::bf16 || t == KvType::i8;
-}
-
-// Bytes of one stored element.
-constexpr int64_t kv_element_bytes(KvType t) {
-  switch (t) {
-    case KvType::f32: return 4;
-    case KvType::f16: case KvType::bf16: return 2;
-    case KvType::i8: return 1;
-  }
-  return 4;
-}
+// The element types (KvType, kv_element_bytes, kv_state_bytes) are backend-independent
+// (backend/kv_type.hpp); the CPU backend stores all four.
+using mimo::KvType;
+using mimo::kv_element_bytes;
+using mimo::kv_state_bytes;
+using mimo::to_string;
+using mimo::valid_kv_type;
 
 inline constexpr int64_t kKvBlock = 16;  // entries per block
 
@@ -240,12 +217,6 @@ struct KvCache {
     return ok();
   }
 };
-
-// Bytes of the saved state of `layers` layers holding `length` entries (see the header comment).
-inline uint64_t kv_state_bytes(KvType t, int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t length) {
-  const uint64_t per_entry = static_cast<uint64_t>(head_dim) * kv_element_bytes(t) + (t == KvType::i8 ? 4 : 0);
-  return 2ull * static_cast<uint64_t>(layers) * kv_heads * static_cast<uint64_t>(length) * per_entry;
-}
 
 namespace detail {
 

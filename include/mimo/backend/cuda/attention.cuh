@@ -1,4 +1,5 @@
-// Causal grouped-query attention over an fp32 KV cache laid out [kv_head][entry][head_dim]:
+// Causal grouped-query attention over a KV cache laid out [kv_head][entry][head_dim], of f32, f16
+// or bf16 elements (each kernel is instantiated per type, KvElement in common.cuh):
 //   kv_store           writes the new rows' keys and values at entries [length, length + n);
 //   attention_decode   split-K for few rows (decode, verification of drafts): each block takes one
 //                      row, one KV head with up to kDecodeMaxGroup of its query heads, and one span
@@ -7,8 +8,9 @@
 //   attention_prefill  tiled, flash-style, for many rows: a block holds 32 query rows of one head,
 //                      streams key/value tiles through shared memory and keeps an online softmax;
 //                      four threads share each query row (interleaved dimensions).
-// All arithmetic is fp32, with expf. `length` is read from device memory so that the same launch
-// is valid for every decode step of a CUDA graph. For .cu translation units only.
+// All arithmetic is fp32, with expf; 16-bit elements are widened as they are loaded. `length` is
+// read from device memory so that the same launch is valid for every decode step of a CUDA graph.
+// For .cu translation units only.
 #pragma once
 
 #include "mimo/backend/cuda/common.cuh"
@@ -16,7 +18,9 @@
 namespace mimo::cuda {
 namespace kernels {
 
+template <class E>
 __global__ void kv_store_kernel(KvLayer kv, const int64_t* __restrict__ length, Rows k, Rows v) {
+  using S = typename E::Stored;
   const int64_t D = kv.head_dim;
   const int64_t n = k.count * kv.kv_heads * D;
   const int64_t base = *length;
@@ -28,8 +32,8 @@ __global__ void kv_store_kernel(KvLayer kv, const int64_t* __restrict__ length, 
     const int64_t entry = base + row;
     if (entry < 0 || entry >= kv.capacity) continue;
     const int64_t at = (h * kv.capacity + entry) * D + d;
-    kv.keys[at] = k.data[row * k.stride + h * D + d];
-    kv.values[at] = v.data[row * v.stride + h * D + d];
+    static_cast<S*>(kv.keys)[at] = E::store(k.data[row * k.stride + h * D + d]);
+    static_cast<S*>(kv.values)[at] = E::store(v.data[row * v.stride + h * D + d]);
   }
 }
 
@@ -44,10 +48,11 @@ __device__ __forceinline__ float* decode_record(float* partials, int64_t row, in
 }
 
 // DPL: head dimensions per lane (head_dim <= 32 * DPL); lane l holds dimensions l, l + 32, ...
-template <int DPL>
+template <int DPL, class E>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     attention_decode_kernel(AttentionArgs a, int64_t group, int chunks, int splits, int64_t split_len,
                             float* __restrict__ partials) {
+  using S = typename E::Stored;
   constexpr int G = kDecodeMaxGroup;
   __shared__ float s_m[kDecodeWarps][G];
   __shared__ float s_l[kDecodeWarps][G];
@@ -81,8 +86,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   // Warp w takes keys begin + w, begin + w + 4, ... in increasing order, U of them per iteration
   // so that their loads are in flight together.
   constexpr int U = DPL <= 4 ? 4 : 2;
-  const float* K = a.kv.keys + kvh * cap * D;
-  const float* V = a.kv.values + kvh * cap * D;
+  const S* K = static_cast<const S*>(a.kv.keys) + kvh * cap * D;
+  const S* V = static_cast<const S*>(a.kv.values) + kvh * cap * D;
   for (int64_t j0 = begin + warp; j0 < end; j0 += kDecodeWarps * U) {
     float kj[U][DPL], vj[U][DPL];
 #pragma unroll
@@ -92,8 +97,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
       for (int c = 0; c < DPL; ++c) {
         const int64_t d = lane + 32 * c;
         const bool in = j < end && d < D;
-        kj[u][c] = in ? K[j * D + d] : 0.0f;
-        vj[u][c] = in ? V[j * D + d] : 0.0f;
+        kj[u][c] = in ? E::load(K[j * D + d]) : 0.0f;
+        vj[u][c] = in ? E::load(V[j * D + d]) : 0.0f;
       }
     }
 #pragma unroll
@@ -228,8 +233,9 @@ inline constexpr int kPrefillThreads = kPrefillRows * kPrefillTeam;
 
 // DPT: dimensions per thread (head_dim <= 4 * DPT; thread t of a team holds dimensions 4c + t);
 // BC: keys per shared-memory tile. Shared rows are padded to 4 * DPT with zeros.
-template <int DPT, int BC>
+template <int DPT, int BC, class E>
 __global__ void __launch_bounds__(kPrefillThreads) attention_prefill_kernel(AttentionArgs a, int64_t group) {
+  using S = typename E::Stored;
   constexpr int DP = kPrefillTeam * DPT;
   __shared__ float Ks[BC][DP];
   __shared__ float Vs[BC][DP];
@@ -254,16 +260,16 @@ __global__ void __launch_bounds__(kPrefillThreads) attention_prefill_kernel(Atte
   }
   float m = -INFINITY, l = 0.0f;
 
-  const float* K = a.kv.keys + kvh * cap * D;
-  const float* V = a.kv.values + kvh * cap * D;
+  const S* K = static_cast<const S*>(a.kv.keys) + kvh * cap * D;
+  const S* V = static_cast<const S*>(a.kv.values) + kvh * cap * D;
   for (int64_t tile = 0; tile < block_limit; tile += BC) {  // the same trip count for the whole block
     __syncthreads();
     const int64_t count = min_of<int64_t>(BC, block_limit - tile);
     for (int idx = tid; idx < BC * DP; idx += kPrefillThreads) {
       const int j = idx / DP, d = idx % DP;
       const bool in = j < count && d < D;
-      Ks[j][d] = in ? K[(tile + j) * D + d] : 0.0f;
-      Vs[j][d] = in ? V[(tile + j) * D + d] : 0.0f;
+      Ks[j][d] = in ? E::load(K[(tile + j) * D + d]) : 0.0f;
+      Vs[j][d] = in ? E::load(V[(tile + j) * D + d]) : 0.0f;
     }
     __syncthreads();
 
@@ -308,8 +314,10 @@ __global__ void __launch_bounds__(kPrefillThreads) attention_prefill_kernel(Atte
 template <int DPT, int BC>
 cudaError_t prefill_with(cudaStream_t stream, const AttentionArgs& a, int64_t group) {
   const dim3 grid(static_cast<unsigned>((a.q.count + kPrefillRows - 1) / kPrefillRows), static_cast<unsigned>(a.num_heads));
-  attention_prefill_kernel<DPT, BC><<<grid, kPrefillThreads, 0, stream>>>(a, group);
-  return launched();
+  return with_kv_element(a.kv.type, [&]<class E>(E) {
+    attention_prefill_kernel<DPT, BC, E><<<grid, kPrefillThreads, 0, stream>>>(a, group);
+    return launched();
+  });
 }
 
 template <int DPL>
@@ -318,8 +326,11 @@ cudaError_t decode_with(cudaStream_t stream, const AttentionArgs& a, int64_t gro
   const int chunks = static_cast<int>((group + kDecodeMaxGroup - 1) / kDecodeMaxGroup);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(a.kv.kv_heads * chunks),
                   static_cast<unsigned>(a.q.count));
-  attention_decode_kernel<DPL><<<grid, kDecodeWarps * 32, 0, stream>>>(a, group, chunks, splits, split_len, partials);
-  if (cudaError_t e = launched(); e != cudaSuccess) return e;
+  const cudaError_t e = with_kv_element(a.kv.type, [&]<class E>(E) {
+    attention_decode_kernel<DPL, E><<<grid, kDecodeWarps * 32, 0, stream>>>(a, group, chunks, splits, split_len, partials);
+    return launched();
+  });
+  if (e != cudaSuccess) return e;
   const dim3 cgrid(static_cast<unsigned>(a.q.count), static_cast<unsigned>(a.num_heads));
   attention_combine_kernel<<<cgrid, kCombineThreads, 0, stream>>>(a, splits, split_len, partials);
   return launched();
@@ -337,8 +348,10 @@ namespace launch {
 cudaError_t kv_store(cudaStream_t stream, const KvLayer& kv, const int64_t* length, const Rows& k, const Rows& v) {
   const int64_t n = k.count * kv.kv_heads * kv.head_dim;
   if (n <= 0) return cudaSuccess;
-  kernels::kv_store_kernel<<<kernels::grid_for(n, 256), 256, 0, stream>>>(kv, length, k, v);
-  return kernels::launched();
+  return kernels::with_kv_element(kv.type, [&]<class E>(E) {
+    kernels::kv_store_kernel<E><<<kernels::grid_for(n, 256), 256, 0, stream>>>(kv, length, k, v);
+    return kernels::launched();
+  });
 }
 
 cudaError_t attention_decode(cudaStream_t stream, const AttentionArgs& a, int splits, int64_t split_len,

@@ -19,6 +19,50 @@ __device__ __forceinline__ float bf16_to_float(uint16_t bits) {
 // Round to nearest even (NaN stays NaN), as mimo::f32_to_bf16 on the host.
 __device__ __forceinline__ uint16_t float_to_bf16(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
 
+// Elements of a KV cache of each type, as the kernels load and store them: the rounding of the
+// CPU backend's cache (kv_cache.hpp), NaN patterns included, so both backends store the same bits.
+template <KvType T>
+struct KvElement;
+template <>
+struct KvElement<KvType::f32> {
+  using Stored = float;
+  static __device__ __forceinline__ float load(Stored s) { return s; }
+  static __device__ __forceinline__ Stored store(float x) { return x; }
+};
+template <>
+struct KvElement<KvType::f16> {
+  using Stored = uint16_t;
+  static __device__ __forceinline__ float load(Stored s) { return __half2float(__ushort_as_half(s)); }
+  static __device__ __forceinline__ Stored store(float x) {  // saturating at +-65504, never infinity
+    const uint32_t bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>(((bits >> 16) & 0x8000u) | 0x7e00u);
+    x = x > 65504.0f ? 65504.0f : x < -65504.0f ? -65504.0f : x;
+    return __half_as_ushort(__float2half_rn(x));
+  }
+};
+template <>
+struct KvElement<KvType::bf16> {
+  using Stored = uint16_t;
+  static __device__ __forceinline__ float load(Stored s) { return bf16_to_float(s); }
+  static __device__ __forceinline__ Stored store(float x) {
+    const uint32_t bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+    return float_to_bf16(x);
+  }
+};
+
+// f(KvElement<t>{}) for a cache of type t; cudaErrorInvalidValue for a type the kernels lack.
+template <class F>
+cudaError_t with_kv_element(KvType t, F&& f) {
+  switch (t) {
+    case KvType::f32: return f(KvElement<KvType::f32>{});
+    case KvType::f16: return f(KvElement<KvType::f16>{});
+    case KvType::bf16: return f(KvElement<KvType::bf16>{});
+    case KvType::i8: break;
+  }
+  return cudaErrorInvalidValue;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

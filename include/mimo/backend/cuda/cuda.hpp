@@ -5,8 +5,10 @@
 //   weights   Linear: bf16 [rows, cols] in device memory, uploaded once by make_linear from the
 //             mapped checkpoint (BF16 copied as is; F16 and F32 converted to bf16 on the device, so
 //             an F32 checkpoint runs with bf16-rounded weights). Vector: fp32 in device memory.
-//   state     KvCache: fp32 [layer][kv_head][entry][head_dim] in device memory, the CPU backend's
-//             layout, so saved sessions move between the backends. Buffer: device memory.
+//   state     KvCache: [layer][kv_head][entry][head_dim] in device memory, of f32 (the default),
+//             f16 or bf16 elements (ContextOptions::kv_cache), rounded as the CPU backend rounds
+//             them and saved in its format, so saved sessions move between the backends (for the
+//             same type). Buffer: device memory.
 //   products  up to ContextOptions::gemv_max_rows input rows (decode, verification of drafts): a
 //             bf16-weight GEMV kernel with fp32 activations; more rows (prefill): cuBLASLt with
 //             bf16 inputs and fp32 accumulation, the activations entering either as two bf16 parts
@@ -48,6 +50,7 @@
 #include <vector>
 
 #include "mimo/backend/backend.hpp"
+#include "mimo/backend/kv_type.hpp"
 #include "mimo/backend/cuda/device_memory.hpp"
 #include "mimo/backend/cuda/gemm.hpp"
 #include "mimo/backend/cuda/launch.hpp"
@@ -106,6 +109,10 @@ struct Cuda {
     // GPU, hence off by default; ignored where the device or the build lacks the feature.
     bool programmatic_launch = false;
     int max_graphs = 8;              // graphs kept per context (least recently used is dropped)
+    // Element type of the KV caches: f32 (exact), or f16 or bf16 (half the memory, and half the
+    // bytes decode attention reads at long contexts; rounded as the CPU backend's cache). i8 is
+    // CPU only. The 16-bit caches have not yet run on a GPU, hence f32 by default.
+    KvType kv_cache = KvType::f32;
   };
 
   // A weight matrix [rows, cols] in device memory, bf16.
@@ -124,14 +131,16 @@ struct Cuda {
   };
 
   struct KvCache {
-    cuda::DeviceBuffer<float> keys, values;  // [layer][kv_head][entry][head_dim]
+    cuda::DeviceBuffer<std::byte> keys, values;  // [layer][kv_head][entry][head_dim] elements of `type`
+    KvType type = KvType::f32;
     int64_t layers = 0, kv_heads = 0, head_dim = 0, capacity = 0;
 
     int device() const { return keys.device(); }
-    uint64_t layer_floats() const { return static_cast<uint64_t>(kv_heads * capacity * head_dim); }
+    uint64_t element_bytes() const { return static_cast<uint64_t>(kv_element_bytes(type)); }
+    uint64_t head_bytes() const { return static_cast<uint64_t>(capacity * head_dim) * element_bytes(); }  // one (layer, head)
     cuda::KvLayer layer(int64_t l) {
-      const uint64_t off = static_cast<uint64_t>(l) * layer_floats();
-      return cuda::KvLayer{keys.data() + off, values.data() + off, kv_heads, head_dim, capacity};
+      const uint64_t off = static_cast<uint64_t>(l * kv_heads) * head_bytes();
+      return cuda::KvLayer{keys.data() + off, values.data() + off, kv_heads, head_dim, capacity, type};
     }
   };
 
@@ -275,6 +284,10 @@ struct Cuda {
   static Expected<Context> make_context(const ContextOptions& o, const AttentionShape& shape, int64_t capacity,
                                         int64_t max_cols) {
     (void)max_cols;  // product scratch grows on first use
+    if (!cuda::cuda_kv_type(o.kv_cache)) {
+      return Error(Errc::invalid_argument, "CUDA context: KV cache type " + kv_type_name(o.kv_cache) +
+                                               " is not supported (f32, f16 or bf16)");
+    }
     const int count = device_count();
     if (o.device < 0 || o.device >= count) {
       return Error(Errc::invalid_argument, "CUDA context: device " + std::to_string(o.device) + " is not available (" +
@@ -362,11 +375,24 @@ struct Cuda {
     return o;
   }
 
-  static Status make_kv_cache(Context&, KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
-    return make_kv_cache(kv, layers, s, capacity);
+  // A cache of the context's type (ContextOptions::kv_cache), or of an explicit type.
+  static Status make_kv_cache(Context& c, KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
+    return make_kv_cache(kv, layers, s, capacity, c.options.kv_cache);
   }
-  static Status make_kv_cache(KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity) {
-    const uint64_t n = static_cast<uint64_t>(layers) * s.num_kv_heads * capacity * s.head_dim;
+  static Status make_kv_cache(KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity,
+                              KvType type = KvType::f32) {
+    if (!cuda::cuda_kv_type(type)) {
+      return Error(Errc::invalid_argument, "CUDA KV cache: type " + kv_type_name(type) + " is not supported (f32, f16 or bf16)");
+    }
+    if (layers < 0 || s.num_kv_heads < 0 || s.head_dim < 0 || capacity < 0) {
+      return Error(Errc::invalid_argument, "CUDA KV cache: negative dimension");
+    }
+    const uint64_t n = kv_state_bytes(type, layers, s.num_kv_heads, s.head_dim, capacity) / 2;  // keys, or values
+    if (kv.type != type) {  // a cache made again with another type starts from fresh buffers
+      kv.keys = {};
+      kv.values = {};
+    }
+    kv.type = type;
     if (auto st = kv.keys.reserve(n, "KV cache keys"); !st) return st;
     if (auto st = kv.values.reserve(n, "KV cache values"); !st) return st;
     kv.layers = layers;
@@ -380,14 +406,14 @@ struct Cuda {
   static Status copy_kv_cache(KvCache& dst, const KvCache& src, int64_t length) {
     cuda::DeviceScope scope(src.device());
     if (auto s = make_kv_cache(dst, src.layers, AttentionShape{src.kv_heads, src.kv_heads, src.head_dim, 0.0},
-                               src.capacity);
+                               src.capacity, src.type);
         !s) {
       return s;
     }
     if (length <= 0) return ok();
     if (auto s = cuda::check(cudaDeviceSynchronize(), "copy KV cache"); !s) return s;
-    const size_t pitch = static_cast<size_t>(src.capacity * src.head_dim) * sizeof(float);
-    const size_t width = static_cast<size_t>(length * src.head_dim) * sizeof(float);
+    const size_t pitch = static_cast<size_t>(src.head_bytes());
+    const size_t width = static_cast<size_t>(length * src.head_dim) * src.element_bytes();
     const size_t rows = static_cast<size_t>(src.layers * src.kv_heads);
     for (auto [to, from] : {std::pair{dst.keys.data(), src.keys.data()}, std::pair{dst.values.data(), src.values.data()}}) {
       if (auto s = cuda::check(cudaMemcpy2D(to, pitch, from, pitch, width, rows, cudaMemcpyDeviceToDevice), "copy KV cache");
@@ -398,11 +424,17 @@ struct Cuda {
     return landed("copy KV cache");
   }
 
-  // --- saved state: the CPU backend's format (fp32 keys then values per layer and head) ---
+  // --- saved state: the CPU backend's format (keys then values per layer and head, as elements
+  // of the cache's type; kv_format is the type's number) ---
 
-  static uint32_t kv_format(const KvCache&) { return 1; }
+  static uint32_t kv_format(const KvCache& kv) { return static_cast<uint32_t>(kv.type); }
   static uint64_t kv_bytes_layers(const KvCache& kv, int64_t layers, int64_t length) {
-    return 2ull * static_cast<uint64_t>(layers) * kv.kv_heads * length * kv.head_dim * sizeof(float);
+    return kv_state_bytes(kv.type, layers, kv.kv_heads, kv.head_dim, length);
+  }
+  // Bytes of the caches of `layers` layers with `capacity` entries (Model::estimate_memory).
+  static uint64_t kv_cache_bytes(const ContextOptions& o, int64_t layers, int64_t kv_heads, int64_t head_dim,
+                                 int64_t capacity) {
+    return kv_state_bytes(o.kv_cache, layers, kv_heads, head_dim, capacity);
   }
   static uint64_t kv_bytes(const KvCache& kv, int64_t length) { return kv_bytes_layers(kv, kv.layers, length); }
 
@@ -410,12 +442,12 @@ struct Cuda {
     if (length <= 0) return ok();
     cuda::DeviceScope scope(kv.device());
     if (auto s = cuda::check(cudaDeviceSynchronize(), "save KV cache"); !s) return s;
-    std::vector<float> host(static_cast<size_t>(length * kv.head_dim));
-    const size_t bytes = host.size() * sizeof(float);
+    std::vector<std::byte> host(static_cast<size_t>(length * kv.head_dim) * kv.element_bytes());
+    const size_t bytes = host.size();
     for (int64_t l = 0; l < kv.layers; ++l) {
       for (int64_t h = 0; h < kv.kv_heads; ++h) {
-        const uint64_t at = static_cast<uint64_t>((l * kv.kv_heads + h) * kv.capacity * kv.head_dim);
-        for (const float* src : {kv.keys.data() + at, kv.values.data() + at}) {
+        const uint64_t at = static_cast<uint64_t>(l * kv.kv_heads + h) * kv.head_bytes();
+        for (const std::byte* src : {kv.keys.data() + at, kv.values.data() + at}) {
           if (auto s = cuda::check(cudaMemcpy(host.data(), src, bytes, cudaMemcpyDeviceToHost), "save KV cache"); !s) return s;
           if (auto s = w.write(host.data(), bytes); !s) return s;
         }
@@ -429,11 +461,11 @@ struct Cuda {
     if (length > kv.capacity) return Error(Errc::corrupt_state, "KV cache: " + std::to_string(length) + " entries exceed the capacity");
     cuda::DeviceScope scope(kv.device());
     if (auto s = cuda::check(cudaDeviceSynchronize(), "load KV cache"); !s) return s;
-    std::vector<float> host(static_cast<size_t>(length * kv.head_dim));
-    const size_t bytes = host.size() * sizeof(float);
+    std::vector<std::byte> host(static_cast<size_t>(length * kv.head_dim) * kv.element_bytes());
+    const size_t bytes = host.size();
     for (int64_t l = 0; l < kv.layers; ++l) {
       for (int64_t h = 0; h < kv.kv_heads; ++h) {
-        const uint64_t at = static_cast<uint64_t>((l * kv.kv_heads + h) * kv.capacity * kv.head_dim);
+        const uint64_t at = static_cast<uint64_t>(l * kv.kv_heads + h) * kv.head_bytes();
         for (auto [dst, what] : {std::pair{kv.keys.data() + at, "keys"}, std::pair{kv.values.data() + at, "values"}}) {
           if (auto s = r.read(host.data(), bytes, what); !s) return s;
           if (auto s = cuda::check(cudaMemcpy(dst, host.data(), bytes, cudaMemcpyHostToDevice), "load KV cache"); !s) return s;
@@ -610,7 +642,7 @@ struct Cuda {
     if (!len) return;
     const cuda::AttentionArgs a = attention_args(kv, layer, len, q, s, out);
     note(c, {code(cuda::detail::OpCode::kv_store), cuda::detail::addr(a.kv.keys), cuda::detail::addr(a.kv.values), kv.kv_heads,
-             kv.head_dim, kv.capacity, cuda::detail::addr(len)});
+             kv.head_dim, kv.capacity, static_cast<int64_t>(kv.type), cuda::detail::addr(len)});
     note_rows(c, k);
     note_rows(c, v);
     if (c.mode != Mode::dry && !launched(c, cuda::launch::kv_store(c.stream, a.kv, len, k, v), "attention (store keys)")) return;
@@ -669,7 +701,7 @@ struct Cuda {
     const cuda::AttentionArgs a = attention_args(kv, layer, len, q, s, out);
     note(c, {code(cuda::detail::OpCode::rope_store), s.num_heads, cuda::detail::bits_of(s.rope_theta), cuda::detail::addr(pos),
              cuda::detail::addr(a.kv.keys), cuda::detail::addr(a.kv.values), kv.kv_heads, kv.head_dim, kv.capacity,
-             cuda::detail::addr(len)});
+             static_cast<int64_t>(kv.type), cuda::detail::addr(len)});
     note_rows(c, q);
     note_rows(c, k);
     note_rows(c, v);
@@ -858,6 +890,9 @@ struct Cuda {
     if (c.failed) return;
     c.failed = true;
     c.error = std::move(e);
+  }
+  static std::string kv_type_name(KvType t) {
+    return valid_kv_type(t) ? std::string(to_string(t)) : std::to_string(static_cast<uint32_t>(t));
   }
   static void invalid(Context& c, std::string message) { fail(c, Error(Errc::invalid_argument, "CUDA " + std::move(message))); }
 

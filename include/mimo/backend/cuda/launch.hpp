@@ -8,7 +8,7 @@
 // compiled by the host compiler and only the kernels go through nvcc.
 //
 // Data: activations are mimo::Rows of fp32 in device memory; weights are bf16 bit patterns
-// (uint16_t) in row-major [rows, cols]; a KV layer is fp32 [kv_head][entry][head_dim].
+// (uint16_t) in row-major [rows, cols]; a KV layer is [kv_head][entry][head_dim] of f32, f16 or bf16.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "mimo/backend/backend.hpp"
+#include "mimo/backend/kv_type.hpp"
 
 namespace mimo::cuda {
 
@@ -39,14 +40,19 @@ struct GemvBatch {
   int count = 0;
 };
 
-// One decoder layer of a KV cache.
+// One decoder layer of a KV cache: elements of `type` (f32, f16 or bf16; see cuda_kv_type).
 struct KvLayer {
-  float* keys = nullptr;    // [kv_heads][capacity][head_dim]
-  float* values = nullptr;  // same layout
+  void* keys = nullptr;    // [kv_heads][capacity][head_dim]
+  void* values = nullptr;  // same layout
   int64_t kv_heads = 0;
   int64_t head_dim = 0;
   int64_t capacity = 0;
+  KvType type = KvType::f32;
 };
+
+// The KV element types the CUDA kernels store: f32, and f16 and bf16 rounded to nearest even as
+// the CPU backend rounds them (f16 saturating at +-65504), so both backends store the same bits.
+constexpr bool cuda_kv_type(KvType t) { return t == KvType::f32 || t == KvType::f16 || t == KvType::bf16; }
 
 // Causal attention of q.count new rows whose keys and values are already stored at entries
 // [length, length + q.count) of `kv`: row i sees entries [0, length + i].

@@ -42,8 +42,10 @@ __global__ void rope_kernel(Rows x, int64_t heads, int64_t head_dim, const int64
 // [*length, *length + n), in one launch: per row, the query pairs, then the key pairs (each
 // thread stores the pair it rotated), then the values. Entries past the capacity are dropped
 // (the host checks first), as in kv_store.
+template <class E>
 __global__ void rope_store_kernel(Rows q, int64_t q_heads, Rows k, Rows v, KvLayer kv, const int64_t* __restrict__ length,
                                   const int64_t* __restrict__ positions, double theta) {
+  using S = typename E::Stored;
   const int64_t D = kv.head_dim, half = D / 2;
   const int64_t q_pairs = q_heads * half, k_pairs = kv.kv_heads * half;
   const int64_t per_row = q_pairs + k_pairs + kv.kv_heads * D;
@@ -62,13 +64,13 @@ __global__ void rope_store_kernel(Rows q, int64_t q_heads, Rows k, Rows v, KvLay
       float* key = k.data + r * k.stride + h * D;
       rotate_pair(key, j, D, positions[r], theta);
       if (stored) {
-        float* cached = kv.keys + (h * kv.capacity + entry) * D;
-        cached[j] = key[j];
-        cached[j + half] = key[j + half];
+        S* cached = static_cast<S*>(kv.keys) + (h * kv.capacity + entry) * D;
+        cached[j] = E::store(key[j]);
+        cached[j + half] = E::store(key[j + half]);
       }
     } else if (stored) {
       const int64_t h = (in_row - q_pairs - k_pairs) / D, d = in_row - q_pairs - k_pairs - h * D;
-      kv.values[(h * kv.capacity + entry) * D + d] = v.data[r * v.stride + h * D + d];
+      static_cast<S*>(kv.values)[(h * kv.capacity + entry) * D + d] = E::store(v.data[r * v.stride + h * D + d]);
     }
   }
 }
@@ -89,8 +91,10 @@ cudaError_t rope_store(cudaStream_t stream, const Rows& q, int64_t q_heads, cons
                        const int64_t* length, const int64_t* positions, double theta) {
   const int64_t n = q.count * (q_heads * (kv.head_dim / 2) + kv.kv_heads * (kv.head_dim / 2) + kv.kv_heads * kv.head_dim);
   if (n <= 0) return cudaSuccess;
-  kernels::rope_store_kernel<<<kernels::grid_for(n, 256), 256, 0, stream>>>(q, q_heads, k, v, kv, length, positions, theta);
-  return kernels::launched();
+  return kernels::with_kv_element(kv.type, [&]<class E>(E) {
+    kernels::rope_store_kernel<E><<<kernels::grid_for(n, 256), 256, 0, stream>>>(q, q_heads, k, v, kv, length, positions, theta);
+    return kernels::launched();
+  });
 }
 
 }  // namespace launch
