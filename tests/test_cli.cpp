@@ -74,6 +74,14 @@ TEST_CASE("cli: errors name what is wrong and exit with status 1") {
   CHECK(r.status == 2);
   r = run_mimo("generate --prompt hi --backend tpu");
   CHECK(r.status == 1);
+  // The CUDA backend stores f32, f16 and bf16 caches; a mimo built without CUDA says that instead.
+  r = run_mimo("generate --prompt hi --backend cuda --kv-cache i8");
+  CHECK(r.status == 1);
+  CHECK((r.err.find("--kv-cache i8 is CPU only") != std::string::npos ||
+         r.err.find("built without CUDA") != std::string::npos));
+  r = run_mimo("generate --prompt hi --kv-cache f8");
+  CHECK(r.status == 1);
+  CHECK(r.err.find("--kv-cache must be f32, f16, bf16 or i8, not 'f8'") != std::string::npos);
 }
 
 TEST_CASE("cli: chat keeps a conversation over several turns") {
