@@ -367,6 +367,58 @@ TEST_CASE("cuda ops: f16 and bf16 KV caches store the CPU backend's bits and att
   }
 }
 
+TEST_CASE("cuda ops: attention after 32k entries of a loaded cache, each type, split-K and tiled") {
+  // MiMo's head size and grouping (4 query heads a KV head) at the longest context the issue
+  // names: the split-K kernel at its most splits (256 of 128 keys), the tiled kernel over 1024
+  // key tiles. The cache is filled through kv_load with the same random state on both backends.
+  // Bound: fp32 sums over 32k terms in another order (the CPU's f32 outputs are within 4e-13 in
+  // nmse of a float64 reference); a split or tile left out would move them by 1e-4 or more.
+  const mimo::AttentionShape s{8, 2, 128, 640000.0};
+  const int64_t capacity = 32768, length = 32750, D = 128, qw = 8 * D, kw = 2 * D;
+  const auto entries = random_values(static_cast<size_t>(2 * 2 * length * D), 77);  // per head: keys, then values
+  for (mimo::KvType type : {mimo::KvType::f32, mimo::KvType::f16, mimo::KvType::bf16}) {
+    CAPTURE(to_string(type));
+    Contexts ctx(s, capacity, {.kv_cache = type});
+    Cpu::KvCache ckv;
+    Cuda::KvCache gkv;
+    cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 1, s, capacity));
+    cuda_test::require_ok(Cuda::make_kv_cache(ctx.gpu, gkv, 1, s, capacity));
+    std::vector<std::byte> state(static_cast<size_t>(mimo::kv_state_bytes(type, 1, 2, D, length)));
+    const size_t element = static_cast<size_t>(mimo::kv_element_bytes(type));
+    REQUIRE(state.size() == entries.size() * element);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (type == mimo::KvType::f32) {
+        std::memcpy(state.data() + 4 * i, &entries[i], 4);
+      } else {
+        const uint16_t h = type == mimo::KvType::f16 ? mimo::f32_to_f16(entries[i]) : mimo::f32_to_bf16(entries[i]);
+        std::memcpy(state.data() + 2 * i, &h, 2);
+      }
+    }
+    mimo::detail::ByteReader rc(state, "state"), rg(state, "state");
+    cuda_test::require_ok(Cpu::kv_load(ckv, length, rc));
+    cuda_test::require_ok(Cuda::kv_load(gkv, length, rg));
+    for (int64_t n : {int64_t{1}, int64_t{8}, int64_t{9}}) {  // 9 rows: the tiled kernel
+      CAPTURE(n);
+      const auto q = random_values(static_cast<size_t>(n * qw), 78), k = random_values(static_cast<size_t>(n * kw), 79),
+                 v = random_values(static_cast<size_t>(n * kw), 80);
+      HostRows hq(n, qw), hk(n, kw), hv(n, kw), ho(n, qw);
+      DeviceRows dq(n, qw), dk(n, kw), dv(n, kw), dout(n, qw);
+      hq.upload(q);
+      dq.upload(q);
+      hk.upload(k);
+      dk.upload(k);
+      hv.upload(v);
+      dv.upload(v);
+      Cpu::attention(ctx.cpu, ckv, 0, length, hq.rows, hk.rows, hv.rows, s, ho.rows);
+      Cuda::attention(ctx.gpu, gkv, 0, length, dq.rows, dk.rows, dv.rows, s, dout.rows);
+      ctx.sync();
+      const double e = nmse(dout.download(), ho.download());
+      MESSAGE(to_string(type), ", ", n, " rows after ", length, " entries: nmse ", e);
+      CHECK(e < 1e-10);
+    }
+  }
+}
+
 TEST_CASE("cuda ops: fused rms_norm_linear and rms_norm_swiglu equal the plain ops they stand for") {
   // One row takes the fused GEMV (the norm folded into the product), which must give the plain
   // ops' bits; 3 rows, 100 columns (not a multiple of 8) or five products run as the plain ops.
