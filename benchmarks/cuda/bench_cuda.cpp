@@ -223,6 +223,7 @@ int main(int argc, char** argv) {
     bool graphs, fuse, programmatic;
     const char* name;
   };
+  double graph_tok_s = 0.0;  // the plain graph step at the short context, for the long-context rows
   for (DecodeVariant v : {DecodeVariant{false, false, false, "decode batch 1: eager + device argmax"},
                           DecodeVariant{true, false, false, "decode batch 1: CUDA graph + device argmax"},
                           DecodeVariant{true, false, true, "decode batch 1: graph + argmax, programmatic"},
@@ -248,6 +249,7 @@ int main(int argc, char** argv) {
         bandwidth(tok_s, avg_length, bytes) + ", same tokens as the session: " + std::to_string(agree) + "/" + std::to_string(decode) +
             (graphs ? ", graph launches " + std::to_string(mimo::Cuda::graph_launches(d.context())) : std::string()));
     if (graphs && !v.fuse && !v.programmatic) {
+      graph_tok_s = tok_s;
       std::vector<float> last;
       must(d.logits(last), "logits");
       double sum = 0.0;
@@ -279,8 +281,15 @@ int main(int argc, char** argv) {
       if (type == mimo::KvType::f32) f32_tokens = out;
       const double tok_s = 1.0 / median(steps);
       const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), f32_tokens.begin()).first - out.begin());
+      const StepBytes read = step_bytes(c, mimo::kv_element_bytes(type));
+      const double long_avg = static_cast<double>(long_context) + static_cast<double>(long_steps) / 2;
+      // What the longer cache costs: the step's time beyond the short-context graph step, against
+      // the cache bytes beyond it (the rate decode attention reads the cache at).
+      const double extra_s = 1.0 / tok_s - (graph_tok_s > 0 ? 1.0 / graph_tok_s : 0.0);
+      const double extra_bytes = read.kv_per_entry * long_avg - bytes.kv_per_entry * avg_length;
       row("decode at " + std::to_string(long_context) + " entries: graph, " + std::string(to_string(type)) + " cache", fmt("%.1f tok/s", tok_s),
-          bandwidth(tok_s, static_cast<double>(long_context) + static_cast<double>(long_steps) / 2, step_bytes(c, mimo::kv_element_bytes(type))) +
+          bandwidth(tok_s, long_avg, read) + fmt(", +%.2f ms a step over ", 1e3 * extra_s) +
+              fmt("+%.2f GB of cache", extra_bytes / 1e9) + (extra_s > 0 ? fmt(" (%.0f GB/s)", extra_bytes / extra_s / 1e9) : std::string()) +
               ", tokens as with f32: " + std::to_string(agree) + "/" + std::to_string(long_steps));
     }
   }
