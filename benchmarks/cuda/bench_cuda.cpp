@@ -11,7 +11,7 @@
 //
 //   bench_cuda --model DIR [--prompt 128] [--decode 256] [--prefill 512,4096] [--reps 3]
 //              [--depths 1,3,7] [--peak-gbs 4800] [--long-context 4096]
-//   bench_cuda --model DIR --steps N [--prompt 128] [--fuse-kernels] [--programmatic-launch]
+//   bench_cuda --model DIR --steps N [--prompt 128] [--fuse-kernels] [--programmatic-launch] [--kv-cache T]
 //              only the prompt and N decode steps of one session, with those options, and no
 //              table: the run that tests/gpu/check.sh --profile hands to ncu
 #include <algorithm>
@@ -151,6 +151,13 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps_only = bench::integer("bench_cuda", a, next(), 1);
     else if (a == "--fuse-kernels") step_options.fuse_kernels = true;
     else if (a == "--programmatic-launch") step_options.programmatic_launch = true;
+    else if (a == "--kv-cache") {
+      const std::string t = next();
+      if (t == "f32") step_options.kv_cache = mimo::KvType::f32;
+      else if (t == "f16") step_options.kv_cache = mimo::KvType::f16;
+      else if (t == "bf16") step_options.kv_cache = mimo::KvType::bf16;
+      else die("--kv-cache must be f32, f16 or bf16");
+    }
     else die("unknown argument " + a + " (see the top of benchmarks/cuda/bench_cuda.cpp)");
   }
   if (model_dir.empty()) die("--model DIR is required");

@@ -16,8 +16,9 @@
 #               The build holds the build machine's absolute paths (its CTest files, the fixtures
 #               directory compiled into the tests): make them valid there, e.g. with symlinks.
 #   --profile:  then the time of every kernel of one decode step, read by ncu (Nsight Compute)
-#               over a 2-layer model of the 7B shape (tests/gpu/ncu_step.py), with the plain and
-#               with the fused kernels; about 40 s.
+#               over a 2-layer model of the 7B shape (tests/gpu/ncu_step.py): after a 200-token
+#               prompt with the plain and with the fused kernels, and after a 4096-token prompt
+#               with f32 and f16 KV caches (what decode attention costs at that length).
 #   environment: BUILD_DIR (default build-gpu), MODEL_DIR (default $TMPDIR/mimo-7b-synth),
 #                CUDA_ARCH (default: the GPU's compute capability, e.g. 90), JOBS, PEAK_GBS (4800)
 # Exit status: 0 when everything passed, 1 on a failure, 2 when the machine cannot run the check.
@@ -171,14 +172,17 @@ if [ $profile -eq 1 ]; then
       touch "$small/.complete"
     fi
     # A 200-token prompt, then 4 decode steps, with the plain kernels and then with the fused
-    # ones; ncu leaves the clocks as they are (and runs kernels one at a time: programmatic
-    # launches cannot overlap under it).
+    # ones; a 4096-token prompt and 2 steps with each cache type. ncu leaves the clocks as they
+    # are (and runs kernels one at a time: programmatic launches cannot overlap under it).
     : >"$logs/profile.md"
-    for variant in plain fused; do
-      flags=()
-      if [ $variant = fused ]; then flags=(--fuse-kernels); fi
+    for variant in plain fused long-f32 long-f16; do
+      flags=(--prompt 200 --steps 4)
+      case $variant in
+        fused) flags+=(--fuse-kernels) ;;
+        long-*) flags=(--prompt 4096 --steps 2 --kv-cache "${variant#long-}") ;;
+      esac
       "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
-        "$build/benchmarks/bench_cuda" --model "$small" --prompt 200 --steps 4 "${flags[@]}" \
+        "$build/benchmarks/bench_cuda" --model "$small" "${flags[@]}" \
         >"$logs/ncu-$variant.csv" 2>"$logs/ncu-$variant.log"
       status=$?
       if [ $status -eq 0 ]; then
