@@ -2,9 +2,10 @@
 // or bf16 elements (each kernel is instantiated per type, KvElement in common.cuh):
 //   kv_store           writes the new rows' keys and values at entries [length, length + n);
 //   attention_decode   split-K for few rows (decode, verification of drafts): each block takes one
-//                      row, one KV head with up to kDecodeMaxGroup of its query heads, and one span
-//                      of keys (each key is read once for the whole group); a second kernel merges
-//                      the spans' partial softmax states;
+//                      row, one KV head with up to G of its query heads (G = 4 or kDecodeMaxGroup,
+//                      the least that holds the group), and one span of keys (each key is read once
+//                      for the whole group); a second kernel merges the spans' partial softmax
+//                      states;
 //   attention_prefill  tiled, flash-style, for many rows: a block holds 32 query rows of one head,
 //                      streams key/value tiles through shared memory and keeps an online softmax;
 //                      four threads share each query row (interleaved dimensions).
@@ -48,12 +49,12 @@ __device__ __forceinline__ float* decode_record(float* partials, int64_t row, in
 }
 
 // DPL: head dimensions per lane (head_dim <= 32 * DPL); lane l holds dimensions l, l + 32, ...
-template <int DPL, class E>
+// G: query heads per block (registers and shared memory are sized for G; MiMo's groups are 4).
+template <int DPL, int G, class E>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     attention_decode_kernel(AttentionArgs a, int64_t group, int chunks, int splits, int64_t split_len,
                             float* __restrict__ partials) {
   using S = typename E::Stored;
-  constexpr int G = kDecodeMaxGroup;
   __shared__ float s_m[kDecodeWarps][G];
   __shared__ float s_l[kDecodeWarps][G];
   __shared__ float s_acc[kDecodeWarps][G][32 * DPL];
@@ -84,8 +85,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   }
 
   // Warp w takes keys begin + w, begin + w + 4, ... in increasing order, U of them per iteration
-  // so that their loads are in flight together.
-  constexpr int U = DPL <= 4 ? 4 : 2;
+  // so that their loads are in flight together (the order, and so the result, is the same for
+  // any U; fewer where the iteration's scores would crowd the registers).
+  constexpr int U = DPL * G <= 16 ? 4 : 2;
   const S* K = static_cast<const S*>(a.kv.keys) + kvh * cap * D;
   const S* V = static_cast<const S*>(a.kv.values) + kvh * cap * D;
   for (int64_t j0 = begin + warp; j0 < end; j0 += kDecodeWarps * U) {
@@ -101,16 +103,27 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
         vj[u][c] = in ? E::load(V[j * D + d]) : 0.0f;
       }
     }
+    // Every score of the iteration first: the reductions are independent of each other (and of
+    // the softmax state), so their shuffles overlap instead of waiting on one update at a time.
+    // Masked keys and heads past the group score 0, which nothing reads.
+    float score[U][G];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DPL; ++c) dot = fmaf(q[g][c], kj[u][c], dot);
+        score[u][g] = warp_sum(dot) * a.scale;  // every lane holds the same score
+      }
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (j0 + u * kDecodeWarps >= end) break;  // uniform over the warp
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         if (g >= ng) break;  // uniform over the block
-        float dot = 0.0f;
-#pragma unroll
-        for (int c = 0; c < DPL; ++c) dot = fmaf(q[g][c], kj[u][c], dot);
-        const float s = warp_sum(dot) * a.scale;  // every lane holds the same score
+        const float s = score[u][g];
         if (s > m[g]) {
           const float corr = expf(m[g] - s);  // 0 for the first key (m = -inf)
           l[g] *= corr;
@@ -162,8 +175,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 
 // One block per (row, query head): merges the splits' records into the output row. The splits'
 // weights exp(m - M) are computed once, into shared memory; then each thread sums its dimensions
-// over the splits with eight independent loads in flight (a chain of one load per split took 8 us
-// for 16 splits on an H200). Splits past the row's last key are empty and skipped.
+// over the splits with up to 32 independent loads in flight (a chain of one load per split took
+// 8 us for 16 splits on an H200; 8 at a time left 17 round trips for the 132 splits of a
+// 4096-token context, 5 now). Splits past the row's last key are empty and skipped.
 inline constexpr int kCombineThreads = 128;
 __global__ void __launch_bounds__(kCombineThreads)
     attention_combine_kernel(AttentionArgs a, int splits, int64_t split_len, const float* __restrict__ partials) {
@@ -211,16 +225,27 @@ __global__ void __launch_bounds__(kCombineThreads)
 
   float* out = a.out.data + row * a.out.stride + head * D;
   for (int64_t d = threadIdx.x; d < D; d += kCombineThreads) {
-    constexpr int U = 8;
-    float acc[U] = {};
-    const float* col = base + 2 + d;
-    int s = 0;
-    for (; s + U <= used; s += U) {
+    constexpr int U = 32;  // splits summed per round trip (predicated: a partial round is one too)
+    float acc[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u) acc[u] = fmaf(col[(s + u) * (D + 2)], s_weight[s + u], acc[u]);
+    for (int u = 0; u < U; ++u) acc[u] = 0.0f;
+    const float* col = base + 2 + d;
+    for (int s0 = 0; s0 < used; s0 += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (s0 + u < used) acc[u] = fmaf(col[(s0 + u) * (D + 2)], s_weight[s0 + u], acc[u]);
+      }
     }
-    for (; s < used; ++s) acc[0] = fmaf(col[s * (D + 2)], s_weight[s], acc[0]);
-    const float A = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    float sum[U / 2];  // pairwise, in a fixed order
+#pragma unroll
+    for (int u = 0; u < U / 2; ++u) sum[u] = acc[2 * u] + acc[2 * u + 1];
+#pragma unroll
+    for (int u = 0; u < U / 4; ++u) sum[u] = sum[2 * u] + sum[2 * u + 1];
+#pragma unroll
+    for (int u = 0; u < U / 8; ++u) sum[u] = sum[2 * u] + sum[2 * u + 1];
+#pragma unroll
+    for (int u = 0; u < U / 16; ++u) sum[u] = sum[2 * u] + sum[2 * u + 1];
+    const float A = sum[0] + sum[1];
     out[d] = L > 0.0f ? A / L : 0.0f;
   }
 }
@@ -320,14 +345,14 @@ cudaError_t prefill_with(cudaStream_t stream, const AttentionArgs& a, int64_t gr
   });
 }
 
-template <int DPL>
+template <int DPL, int G>
 cudaError_t decode_with(cudaStream_t stream, const AttentionArgs& a, int64_t group, int splits, int64_t split_len,
                         float* partials) {
-  const int chunks = static_cast<int>((group + kDecodeMaxGroup - 1) / kDecodeMaxGroup);
+  const int chunks = static_cast<int>((group + G - 1) / G);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(a.kv.kv_heads * chunks),
                   static_cast<unsigned>(a.q.count));
   const cudaError_t e = with_kv_element(a.kv.type, [&]<class E>(E) {
-    attention_decode_kernel<DPL, E><<<grid, kDecodeWarps * 32, 0, stream>>>(a, group, chunks, splits, split_len, partials);
+    attention_decode_kernel<DPL, G, E><<<grid, kDecodeWarps * 32, 0, stream>>>(a, group, chunks, splits, split_len, partials);
     return launched();
   });
   if (e != cudaSuccess) return e;
@@ -363,10 +388,14 @@ cudaError_t attention_decode(cudaStream_t stream, const AttentionArgs& a, int sp
   }
   const int64_t group = a.num_heads / a.kv.kv_heads;
   const int64_t D = a.kv.head_dim;
-  if (D <= 32) return kernels::decode_with<1>(stream, a, group, splits, split_len, partials);
-  if (D <= 64) return kernels::decode_with<2>(stream, a, group, splits, split_len, partials);
-  if (D <= 128) return kernels::decode_with<4>(stream, a, group, splits, split_len, partials);
-  return kernels::decode_with<8>(stream, a, group, splits, split_len, partials);
+  const auto with_dims = [&]<int G>() {
+    if (D <= 32) return kernels::decode_with<1, G>(stream, a, group, splits, split_len, partials);
+    if (D <= 64) return kernels::decode_with<2, G>(stream, a, group, splits, split_len, partials);
+    if (D <= 128) return kernels::decode_with<4, G>(stream, a, group, splits, split_len, partials);
+    return kernels::decode_with<8, G>(stream, a, group, splits, split_len, partials);
+  };
+  // Blocks of 4 query heads where the group fits (MiMo: 32 over 8 KV heads), else of 8.
+  return group <= 4 ? with_dims.template operator()<4>() : with_dims.template operator()<kDecodeMaxGroup>();
 }
 
 cudaError_t attention_prefill(cudaStream_t stream, const AttentionArgs& a) {
