@@ -4,6 +4,7 @@
 // fresh one.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -145,4 +146,21 @@ TEST_CASE("rope: the table kept between calls gives what a fresh one gives, for 
   mimo::cpu::RopeTable fresh;
   mimo::cpu::rope_rows(mimo::Rows{b.data(), 1, width, width}, heads, d, p, 10000.0, fresh);
   CHECK(a == b);
+}
+
+TEST_CASE("argmax_or_invalid: the first largest value, or -1 for NaN, +inf or nothing above -inf") {
+  using mimo::cpu::argmax_or_invalid;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const auto of = [](std::vector<float> v) { return argmax_or_invalid(v.data(), static_cast<int64_t>(v.size())); };
+  CHECK(of({1.0f, 3.0f, 3.0f, 2.0f}) == 1);
+  CHECK(of({-0.0f, 0.0f}) == 0);  // equal: the first
+  CHECK(of({-inf, -5.0f, -inf}) == 1);
+  CHECK(of({-inf, -inf}) == -1);
+  CHECK(of({}) == -1);
+  CHECK(of({2.0f, nan, 1.0f}) == -1);
+  CHECK(of({nan}) == -1);
+  CHECK(of({1.0f, inf}) == -1);
+  std::mt19937 rng(3);
+  const auto v = random_values(rng, 151680, -30.0f, 30.0f);
+  CHECK(argmax_or_invalid(v.data(), static_cast<int64_t>(v.size())) == std::max_element(v.begin(), v.end()) - v.begin());
 }

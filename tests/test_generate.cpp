@@ -157,6 +157,88 @@ TEST_CASE("generate: continuing with an empty prompt equals one longer generatio
   CHECK_FALSE(mimo::generate(fresh, {}, sampler, {}, &w.tokenizer).has_value());
 }
 
+TEST_CASE("generate: a greedy sampler takes the backend's argmax ids and emits what the full sampler emits") {
+  World w;
+  const auto V = static_cast<int32_t>(w.model.config().vocab_size);
+  // The session's argmax ids: those of the logits, in one chunk or several; with no logits asked,
+  // only the ids come back; the next append without them clears them.
+  for (int64_t batch : {int64_t{256}, int64_t{5}}) {
+    CAPTURE(batch);
+    auto s = w.model.new_session({.context = 256, .batch = batch, .backend = {.threads = 1}});
+    REQUIRE(s.has_value());
+    auto both = s->append(w.prompt, {.logits = mimo::OutputRows::all, .argmax = mimo::OutputRows::all});
+    REQUIRE(both.has_value());
+    REQUIRE(both->argmax.size() == w.prompt.size());
+    for (int64_t r = 0; r < both->rows; ++r) CHECK(both->argmax[static_cast<size_t>(r)] == test::argmax(both->row(r)));
+    const int32_t last = both->argmax.back();
+    auto t = w.model.new_session({.context = 256, .batch = batch, .backend = {.threads = 1}});
+    REQUIRE(t.has_value());
+    auto only = t->append(w.prompt, {.logits = mimo::OutputRows::none, .argmax = mimo::OutputRows::last});
+    REQUIRE(only.has_value());
+    CHECK(only->rows == 0);
+    REQUIRE(only->argmax.size() == 1);
+    CHECK(only->argmax[0] == last);
+    CHECK(t->logits().argmax.size() == 1);
+    auto next = t->append({last});
+    REQUIRE(next.has_value());
+    CHECK(next->argmax.empty());
+    CHECK(next->rows == 1);
+  }
+  // generate(): a greedy sampler (argmax ids) against a greedy one with a zero bias, which runs
+  // the full sampler on copied logits: the same tokens, session and generator state, with and
+  // without MTP drafting, and continuing with an empty prompt from the ids alone.
+  for (int depth : {0, 2}) {
+    CAPTURE(depth);
+    auto by_id = w.greedy();
+    auto by_logits = *mimo::Sampler::create({.logit_bias = {{0, 0.0f}}, .greedy = true}, V);
+    REQUIRE(by_id.chooses_argmax());
+    REQUIRE_FALSE(by_logits.chooses_argmax());
+    auto a = w.session(), b = w.session();
+    const mimo::GenerateOptions<mimo::Cpu> o{.max_tokens = 12, .default_stop_tokens = false, .mtp_depth = depth};
+    auto ga = mimo::generate(a, w.prompt, by_id, o, &w.tokenizer);
+    auto gb = mimo::generate(b, w.prompt, by_logits, o, &w.tokenizer);
+    REQUIRE(ga.has_value());
+    REQUIRE(gb.has_value());
+    CHECK(ga->tokens == gb->tokens);
+    CHECK(ga->text == gb->text);
+    CHECK(std::vector<int32_t>(a.tokens().begin(), a.tokens().end()) == std::vector<int32_t>(b.tokens().begin(), b.tokens().end()));
+    CHECK(by_id.snapshot() == by_logits.snapshot());
+    auto more_a = mimo::generate(a, {}, by_id, o, &w.tokenizer);
+    auto more_b = mimo::generate(b, {}, by_logits, o, &w.tokenizer);
+    REQUIRE(more_a.has_value());
+    REQUIRE(more_b.has_value());
+    CHECK(more_a->tokens == more_b->tokens);
+    CHECK(by_id.snapshot() == by_logits.snapshot());
+  }
+  // The prompt's logits stay on the host for whoever continues: a greedy generate of 0 tokens,
+  // then a sampled one from an empty prompt. After a pass that kept only ids (commit_last =
+  // false), a sampler that needs logits gets an error, not a read of nothing.
+  {
+    auto s = w.session();
+    auto greedy = w.greedy();
+    REQUIRE(mimo::generate(s, w.prompt, greedy, {.max_tokens = 0}).has_value());
+    CHECK(s.logits().rows == 1);
+    auto warm = *mimo::Sampler::create({.temperature = 0.8f, .seed = 3}, V);
+    auto g = mimo::generate(s, {}, warm, {.max_tokens = 3, .default_stop_tokens = false});
+    REQUIRE(g.has_value());
+    CHECK(g->tokens.size() == 3);
+    auto t = w.session();
+    REQUIRE(mimo::generate(t, w.prompt, greedy, {.max_tokens = 4, .default_stop_tokens = false, .mtp_depth = 0, .commit_last = false})
+                .has_value());
+    CHECK(t.logits().rows == 0);
+    auto h = mimo::generate(t, {}, warm, {.max_tokens = 3});
+    REQUIRE_FALSE(h.has_value());
+    CHECK(h.error().code() == mimo::Errc::invalid_argument);
+    CHECK(mimo::generate(t, {}, greedy, {.max_tokens = 3, .default_stop_tokens = false}).has_value());  // the ids suffice
+  }
+  // A sampler made for another vocabulary is refused as sample() refuses it, ids or not.
+  {
+    auto s = w.session();
+    auto wrong = *mimo::Sampler::create({.greedy = true}, V + 10);
+    CHECK_FALSE(mimo::generate(s, w.prompt, wrong, {.max_tokens = 2}).has_value());
+  }
+}
+
 TEST_CASE("generate: callback stop, cancellation, full context") {
   World w;
   {

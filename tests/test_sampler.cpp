@@ -681,6 +681,42 @@ TEST_CASE("Sampler: greedy equals argmax (after penalties and bias), and so does
   CHECK(*s->sample(tied) == 2);  // 1.0, 1.5, 1.0
 }
 
+TEST_CASE("Sampler: take_argmax is sample() for a sampler that chooses the argmax, generator draw included") {
+  const int32_t V = 151680;
+  const auto create = [&](mimo::SamplerOptions o) {
+    mimo::Expected<mimo::Sampler> s = mimo::Sampler::create(std::move(o), V);
+    REQUIRE(s);
+    return std::move(*s);
+  };
+  // Which samplers always pick the raw argmax.
+  CHECK(create({.greedy = true}).chooses_argmax());
+  CHECK(create({.temperature = 0.0f, .top_k = 5, .top_p = 0.5f}).chooses_argmax());  // later stages are skipped
+  CHECK(create({.repeat_penalty = 1.3f, .penalty_window = 0, .greedy = true}).chooses_argmax());  // no window: no penalty
+  CHECK_FALSE(create({.temperature = 0.7f}).chooses_argmax());
+  CHECK_FALSE(create({.repeat_penalty = 1.1f, .greedy = true}).chooses_argmax());
+  CHECK_FALSE(create({.presence_penalty = 0.5f, .greedy = true}).chooses_argmax());
+  CHECK_FALSE(create({.frequency_penalty = -0.5f, .greedy = true}).chooses_argmax());
+  CHECK_FALSE(create({.logit_bias = {{3, 0.0f}}, .greedy = true}).chooses_argmax());
+
+  // The same token and the same generator state as sample(), step after step (a seeded sampler
+  // that later samples at a temperature would drift otherwise).
+  mimo::Sampler by_logits = create({.seed = 9, .greedy = true}), by_id = create({.seed = 9, .greedy = true});
+  for (uint64_t step = 0; step < 4; ++step) {
+    const std::vector<float> logits = random_logits(static_cast<size_t>(V), 100 + step);
+    const int32_t expected = reference_argmax(logits);
+    CHECK(*by_logits.sample(logits) == expected);
+    CHECK(*by_id.take_argmax(expected) == expected);
+    CHECK(by_id.snapshot() == by_logits.snapshot());
+  }
+  // Errors leave the generator alone.
+  const auto before = by_id.snapshot();
+  CHECK(by_id.take_argmax(-1).error().describe().find("NaN or +inf") != std::string::npos);
+  CHECK(by_id.take_argmax(V).error().describe().find("outside the vocabulary") != std::string::npos);
+  CHECK(by_id.snapshot() == before);
+  mimo::Sampler warm = create({.temperature = 0.7f});
+  CHECK(warm.take_argmax(1).error().describe().find("greedy") != std::string::npos);
+}
+
 TEST_CASE("Sampler: the same seed gives the same tokens; a pinned sequence") {
   const std::vector<float> logits = random_logits(151680, 77);
   const mimo::SamplerOptions options = {.temperature = 0.8f,

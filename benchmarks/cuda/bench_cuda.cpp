@@ -328,7 +328,15 @@ int main(int argc, char** argv) {
     auto sampler = must(mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(V)), "sampler");
     auto plain = must(mimo::generate(plain_session, prompt, sampler, {.max_tokens = decode, .default_stop_tokens = false, .mtp_depth = 0}),
                       "generate");
-    row("generate(), plain greedy (session)", fmt("%.1f tok/s", plain.stats.decode_tokens_per_second()), "decode phase, logits to host, host sampler");
+    row("generate(), plain greedy (session)", fmt("%.1f tok/s", plain.stats.decode_tokens_per_second()),
+        "decode phase, the device's argmax ids (Sampler::chooses_argmax)");
+    {  // the same with the logits copied and the full sampler (a zero logit bias turns the ids off)
+      auto s = must(model.new_session({.context = context, .batch = 64}), "session");
+      auto sam = must(mimo::Sampler::create({.logit_bias = {{0, 0.0f}}, .greedy = true}, static_cast<int32_t>(V)), "sampler");
+      auto g = must(mimo::generate(s, prompt, sam, {.max_tokens = decode, .default_stop_tokens = false, .mtp_depth = 0}), "generate");
+      row("generate(), greedy via logits to host", fmt("%.1f tok/s", g.stats.decode_tokens_per_second()),
+          std::string("decode phase, host sampler over 151,680 logits; same tokens: ") + (g.tokens == plain.tokens ? "yes" : "NO"));
+    }
     for (int64_t depth : depths) {
       if (depth < 1 || depth > 16) continue;
       mimo::ReplayDrafter<mimo::Cuda> replay(continuation, prompt_len, 1.0, static_cast<int32_t>(V));

@@ -217,6 +217,10 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
   }
   const int max_drafts = drafter ? std::max(depth, options.drafter ? 1 : 0) : 0;
 
+  // A greedy sampler takes each token from the argmax the backend computes where the logits are:
+  // on a GPU only the ids come back (the same tokens, errors and generator draws as sample()).
+  const bool greedy_ids = sampler.chooses_argmax() && sampler.vocab_size() == config.vocab_size;
+
   Generation result;
   result.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
   // Prefill. With the MTP drafter, in chunks whose hidden states extend its caches.
@@ -226,9 +230,10 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
       const size_t n = std::min(prompt.size() - first, static_cast<size_t>(chunk));
       const bool last = first + n == prompt.size();
       auto logits = session.append(prompt.subspan(first, n),
-                                   {.logits = last ? OutputRows::last : OutputRows::none,
+                                   {.logits = last ? OutputRows::last : OutputRows::none,  // kept for the session's user
                                     .hidden = mtp ? OutputRows::all : OutputRows::last,
-                                    .cancel = options.cancel});
+                                    .cancel = options.cancel,
+                                    .argmax = last && greedy_ids ? OutputRows::last : OutputRows::none});
       if (!logits) {
         if (logits.error().code() == Errc::cancelled) {
           result.stop = StopReason::cancelled;
@@ -240,7 +245,7 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
         if (auto s = mtp->catch_up(session, options.cancel); !s) return std::move(s).error();
       }
     }
-  } else if (session.logits().rows == 0) {
+  } else if (session.logits().rows == 0 && !(greedy_ids && !session.logits().argmax.empty())) {
     return Error(Errc::invalid_argument, "generate: an empty prompt continues from the session's last logits, but it has none");
   }
   if (options.penalize_prompt) {  // after the prefill, which has validated the ids
@@ -252,13 +257,15 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
   log(LogLevel::debug, "prefill: " + std::to_string(prompt.size()) + " tokens in " +
                            std::to_string(result.stats.prefill_seconds) + " s");
 
-  // Choosing a token: the full sampler, then the penalty window learns it.
-  auto choose = [&](std::span<const float> logits) -> Expected<int32_t> {
-    auto t = sampler.sample(logits);
+  // Choosing a token: the full sampler (or its greedy choice from the backend's argmax), then the
+  // penalty window learns it.
+  auto record = [&](Expected<int32_t> t) -> Expected<int32_t> {
     if (!t) return t;
     if (auto s = sampler.accept(*t); !s) return std::move(s).error();
     return t;
   };
+  auto choose = [&](std::span<const float> logits) { return record(sampler.sample(logits)); };
+  auto choose_id = [&](int32_t argmax) { return record(sampler.take_argmax(argmax)); };
 
   std::optional<StreamDecoder> decoder;
   if (tokenizer) decoder.emplace(*tokenizer, DecodeOptions{.skip_special = true});
@@ -305,7 +312,9 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     result.stop = StopReason::max_tokens;
     return result;
   }
-  auto first = choose(session.logits().last());
+  const Logits after_prompt = session.logits();
+  auto first = greedy_ids && !after_prompt.argmax.empty() ? choose_id(after_prompt.argmax.back())
+                                                          : choose(after_prompt.last());
   if (!first) return std::move(first).error();
   int32_t pending = *first;
   if (auto s = emit(pending, session.size()); !s) return std::move(s).error();
@@ -340,7 +349,8 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     }
     const int64_t base = session.size();  // pending's position
     emitted.clear();
-    auto accepted = verify_drafts(session, pending, drafts, choose, emitted, result.stats.speculative, options.cancel);
+    auto accepted = greedy_ids ? verify_drafts_greedy(session, pending, drafts, choose_id, emitted, result.stats.speculative, options.cancel)
+                               : verify_drafts(session, pending, drafts, choose, emitted, result.stats.speculative, options.cancel);
     if (!accepted) {
       if (accepted.error().code() == Errc::cancelled) {
         result.stop = StopReason::cancelled;
@@ -376,7 +386,7 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
       if (auto s = session.truncate(keep); !s) return std::move(s).error();
     } else if (session.size() < keep && keep <= session.capacity()) {
       const int32_t last = result.stop == StopReason::stop_token ? result.stop_token : result.tokens.back();
-      auto logits = session.append({last}, {.cancel = options.cancel});
+      auto logits = session.append({last}, {.cancel = options.cancel, .argmax = greedy_ids ? OutputRows::last : OutputRows::none});
       if (!logits && logits.error().code() != Errc::cancelled) return std::move(logits).error();
     }
   }

@@ -170,6 +170,36 @@ class Sampler {
     return sample_from(distribution_);
   }
 
+  // Whether sample() always picks the argmax of the raw logits (the first on ties): greedy, with no
+  // penalty in effect and no logit bias. Then the argmax may be computed where the logits are (on
+  // a GPU, AppendOptions::argmax) and handed to take_argmax, so that no logits are copied.
+  bool chooses_argmax() const {
+    const bool greedy = options_.greedy || options_.temperature == 0.0f;
+    const bool penalised = options_.penalty_window > 0 && (options_.repeat_penalty != 1.0f ||
+                                                           options_.presence_penalty != 0.0f ||
+                                                           options_.frequency_penalty != 0.0f);
+    return greedy && !penalised && options_.logit_bias.empty();
+  }
+
+  // What sample() returns when chooses_argmax(), given the argmax of the logits it would have seen
+  // (Logits::argmax); consumes the generator draw sample() would, so the state stays in step.
+  // Does not record the token. Errors: not chooses_argmax(); -1 (logits with NaN or +inf, or only
+  // -inf, which sample() refuses too); an id outside the vocabulary.
+  Expected<int32_t> take_argmax(int32_t argmax) {
+    if (!chooses_argmax()) {
+      return Error(Errc::invalid_argument, "sampler: take_argmax needs a greedy sampler without penalties or logit bias");
+    }
+    if (argmax == -1) {
+      return Error(Errc::invalid_argument, "sampling: the logits hold NaN or +inf, or every logit is -inf");
+    }
+    if (argmax < 0 || argmax >= vocab_size_) {
+      return Error(Errc::invalid_argument, "sampler: argmax " + std::to_string(argmax) + " is outside the vocabulary of " +
+                                               std::to_string(vocab_size_));
+    }
+    (void)rng_.next_double();  // sample()'s draw (sampling::draw)
+    return argmax;
+  }
+
   // One draw from a distribution (e.g. one built by distribution()) with this sampler's generator.
   Expected<int32_t> sample_from(const Distribution& distribution) { return sampling::draw(distribution, rng_); }
 

@@ -27,6 +27,9 @@ struct AppendOptions {
   OutputRows logits = OutputRows::last;
   OutputRows hidden = OutputRows::last;       // post-norm hidden states kept for MTP drafting
   const std::atomic<bool>* cancel = nullptr;  // checked between layers; a cancelled append changes nothing
+  // Rows whose greedy choice the backend computes where the logits are (on a GPU: only the ids
+  // come back, and .logits = none copies no logits at all): Logits::argmax.
+  OutputRows argmax = OutputRows::none;
 };
 
 // Logits of the rows of one forward pass, row-major [rows, vocab], in host memory. A view into the
@@ -35,6 +38,10 @@ struct Logits {
   float* data = nullptr;
   int64_t rows = 0;
   int64_t vocab = 0;
+  // For the rows AppendOptions::argmax selected (the last argmax.size() rows of the append), the
+  // index of the largest logit (the first on ties), or -1 where a row holds NaN or +inf, or only
+  // -inf (the rows a sampler refuses). Empty for MTP logits.
+  std::span<const int32_t> argmax = {};
   std::span<float> row(int64_t i) const { return {data + i * vocab, static_cast<size_t>(vocab)}; }
   std::span<float> last() const { return row(rows - 1); }
 };
@@ -92,8 +99,8 @@ class Session {
   // Rows per forward chunk (and the most rows one MTP batch may have).
   int64_t batch() const { return batch_; }
 
-  // The logits of the main model's last forward pass (a mutable view).
-  Logits logits() { return Logits{logits_host_.data(), logits_rows_, model_.config().vocab_size}; }
+  // The logits (and argmax ids) of the main model's last forward pass (a mutable view).
+  Logits logits() { return Logits{logits_host_.data(), logits_rows_, model_.config().vocab_size, argmax_}; }
   // The logits of the last MTP batch (kept apart, so drafting never replaces the main logits), over
   // the token ids below Model::draft_vocab().
   Logits mtp_logits() { return Logits{mtp_logits_buf_.data(), mtp_logits_rows_, model_.draft_vocab()}; }
@@ -223,6 +230,7 @@ class Session {
   mimo::detail::AlignedBuffer<float> logits_buf_; // host copy
   std::span<float> logits_host_;
   int64_t logits_rows_ = 0;
+  std::vector<int32_t> argmax_;          // of the last append's AppendOptions::argmax rows
   mimo::detail::AlignedBuffer<float> mtp_logits_buf_;
   int64_t mtp_logits_rows_ = 0;
   std::vector<MtpState> mtp_;
@@ -242,15 +250,19 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
     return Error(Errc::context_full, "append: " + std::to_string(n) + " tokens do not fit: the session holds " +
                                          std::to_string(size()) + " of " + std::to_string(capacity_));
   }
-  const int64_t logit_rows = options.logits == OutputRows::all ? n : options.logits == OutputRows::last ? std::min<int64_t>(n, 1) : 0;
-  const int64_t hidden_rows = options.hidden == OutputRows::all ? n : options.hidden == OutputRows::last ? std::min<int64_t>(n, 1) : 0;
+  const auto trailing = [n](OutputRows r) { return r == OutputRows::all ? n : r == OutputRows::last ? std::min<int64_t>(n, 1) : 0; };
+  const int64_t logit_rows = trailing(options.logits), hidden_rows = trailing(options.hidden);
+  const int64_t argmax_rows = trailing(options.argmax);
+  const int64_t computed_rows = std::max(logit_rows, argmax_rows);  // the rows through lm_head
   if (auto st = ensure_logits(logit_rows); !st) return std::move(st).error();
   if (auto st = ensure_hidden(hidden_rows); !st) return std::move(st).error();
-  auto logits_dev = B::rows(logits_dev_buf_, std::min(logit_rows, batch_), c.vocab_size, "logits");
+  auto logits_dev = B::rows(logits_dev_buf_, std::min(computed_rows, batch_), c.vocab_size, "logits");
   if (!logits_dev) return std::move(logits_dev).error();
+  argmax_.assign(static_cast<size_t>(argmax_rows), -1);
 
   const int64_t start = size();
   hidden_position_ = start + n - hidden_rows;
+  const int64_t keep_from = n - hidden_rows, logits_from = n - logit_rows, argmax_from = n - argmax_rows;
   for (int64_t first = 0; first < n; first += batch_) {
     const int64_t m = std::min(batch_, n - first);
     const int64_t pos0 = start + first;
@@ -258,23 +270,29 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
     for (int64_t i = 0; i < m; ++i) positions_[i] = pos0 + i;
     Activations<B>& a = act_.with_rows(m);
     const Rows chunk_hidden{chunk_hidden_buf_.data(), m, c.hidden_size, c.hidden_size};
-    // Keep the requested hidden rows and compute the requested logits of this chunk.
-    const int64_t keep_from = n - hidden_rows, logits_from = n - logit_rows;
-    const int64_t h0 = std::max(first, keep_from), h1 = first + m;
-    const int64_t l0 = std::max(first, logits_from), l1 = first + m;
-    const Rows out{logits_dev->data, std::max<int64_t>(l1 - l0, 0), c.vocab_size, c.vocab_size};
+    // Keep the requested hidden rows and compute the requested logits of this chunk: rows
+    // [c0, end) through lm_head, of which [l0, end) come to the host and [a0, end) get an argmax.
+    const int64_t end = first + m;
+    const int64_t h0 = std::max(first, keep_from), c0 = std::max(first, n - computed_rows);
+    const int64_t l0 = std::max(first, logits_from), a0 = std::max(first, argmax_from);
+    const Rows out{logits_dev->data, std::max<int64_t>(end - c0, 0), c.vocab_size, c.vocab_size};
     // One forward pass, enqueued as a unit (a GPU backend may replay it as a graph).
     Status st = B::forward(ctx_, [&](typename B::Context& x) -> Status {
       B::embed(x, w.embed_tokens, tokens.subspan(first, m), a.x);
       if (auto s = main_stack<B>(x, c, w, kv_, pos0, positions_, a, chunk_hidden, options.cancel); !s) return s;
-      if (h0 < h1) B::copy_rows(x, chunk_hidden.slice(h0 - first, h1 - h0), hidden_.slice(h0 - keep_from, h1 - h0));
-      if (l0 < l1) B::linear(x, chunk_hidden.slice(l0 - first, l1 - l0), {{&w.lm_head, nullptr, out}});
+      if (h0 < end) B::copy_rows(x, chunk_hidden.slice(h0 - first, end - h0), hidden_.slice(h0 - keep_from, end - h0));
+      if (c0 < end) B::linear(x, chunk_hidden.slice(c0 - first, end - c0), {{&w.lm_head, nullptr, out}});
+      if (a0 < end) B::argmax_rows(x, out.slice(a0 - c0, end - a0));
       return ok();
     });
-    if (st && l0 < l1) st = B::to_host(ctx_, out, logits_host_.data() + (l0 - logits_from) * c.vocab_size);
+    if (st && l0 < end) st = B::to_host(ctx_, out.slice(l0 - c0, end - l0), logits_host_.data() + (l0 - logits_from) * c.vocab_size);
+    if (st && a0 < end) {
+      st = B::read_argmax(ctx_, std::span<int32_t>(argmax_).subspan(static_cast<size_t>(a0 - argmax_from), static_cast<size_t>(end - a0)));
+    }
     if (!st) {
       tokens_.resize(static_cast<size_t>(start));  // drop earlier chunks too: the session is unchanged
       logits_rows_ = 0;
+      argmax_.clear();
       return std::move(st).error();
     }
     tokens_.insert(tokens_.end(), tokens.begin() + first, tokens.begin() + first + m);
@@ -378,6 +396,7 @@ Expected<Session<B>> Session<B>::copy() const {
   if (auto st = s.ensure_logits(logits_rows_); !st) return std::move(st).error();
   std::copy(logits_host_.begin(), logits_host_.begin() + logits_rows_ * model_.config().vocab_size, s.logits_host_.begin());
   s.logits_rows_ = logits_rows_;
+  s.argmax_ = argmax_;
   s.mtp_.resize(mtp_.size());
   for (size_t k = 0; k < mtp_.size(); ++k) {
     if (!mtp_[k].allocated) continue;
@@ -580,6 +599,7 @@ Status Session<B>::restore(std::span<const std::byte> state) {
   tokens_ = std::move(tokens);
   if (*logits_rows) std::memcpy(logits_host_.data(), logits->data(), logits->size());
   logits_rows_ = static_cast<int64_t>(*logits_rows);
+  argmax_.clear();  // not part of the saved state
   if (*hidden_rows) {
     detail::ByteReader hr(*hidden, what);
     if (auto s = B::rows_load(hidden_, hr); !s) return s;

@@ -50,26 +50,30 @@ struct SpeculativeStats {
   double tokens_per_pass() const { return passes ? static_cast<double>(emitted) / static_cast<double>(passes) : 0.0; }
 };
 
-// One verification pass. `choose(std::span<float> logits) -> Expected<int32_t>` picks the main
-// model's token at a row (and records it with the sampler). Appends the emitted tokens (accepted
-// drafts, then the new pending token) to `emitted` and returns how many drafts were accepted.
-// With no drafts this is one plain decoding step.
+namespace detail {
+
+// One verification pass (see verify_drafts): `choose(const Logits&, row)` picks the token of row
+// `row` of the pass's outputs, which are greedy ids (Logits::argmax) when `greedy_ids`, else
+// logits.
 template <class B, class Choose>
-Expected<int> verify_drafts(Session<B>& session, int32_t pending, std::span<const int32_t> drafts, Choose&& choose,
-                            std::vector<int32_t>& emitted, SpeculativeStats& stats,
-                            const std::atomic<bool>* cancel = nullptr) {
+Expected<int> verify_pass(Session<B>& session, int32_t pending, std::span<const int32_t> drafts, bool greedy_ids,
+                          Choose&& choose, std::vector<int32_t>& emitted, SpeculativeStats& stats,
+                          const std::atomic<bool>* cancel) {
   const int64_t start = session.size();
   std::vector<int32_t> input;
   input.reserve(drafts.size() + 1);
   input.push_back(pending);
   input.insert(input.end(), drafts.begin(), drafts.end());
-  auto logits = session.append(input, {.logits = drafts.empty() ? OutputRows::last : OutputRows::all,
-                                       .hidden = drafts.empty() ? OutputRows::last : OutputRows::all,
-                                       .cancel = cancel});
+  const OutputRows rows = drafts.empty() ? OutputRows::last : OutputRows::all;
+  auto logits = session.append(input, {.logits = greedy_ids ? OutputRows::none : rows,
+                                       .hidden = rows,
+                                       .cancel = cancel,
+                                       .argmax = greedy_ids ? rows : OutputRows::none});
   if (!logits) return std::move(logits).error();
+  const int64_t count = greedy_ids ? static_cast<int64_t>(logits->argmax.size()) : logits->rows;
   int accepted = 0;
-  for (int64_t row = 0; row < logits->rows; ++row) {
-    auto token = choose(logits->row(row));
+  for (int64_t row = 0; row < count; ++row) {
+    auto token = choose(*logits, row);
     if (!token) {
       (void)session.truncate(start);
       return std::move(token).error();
@@ -88,6 +92,33 @@ Expected<int> verify_drafts(Session<B>& session, int32_t pending, std::span<cons
   stats.accepted += accepted;
   stats.emitted += accepted + 1;
   return accepted;
+}
+
+}  // namespace detail
+
+// One verification pass. `choose(std::span<float> logits) -> Expected<int32_t>` picks the main
+// model's token at a row (and records it with the sampler). Appends the emitted tokens (accepted
+// drafts, then the new pending token) to `emitted` and returns how many drafts were accepted.
+// With no drafts this is one plain decoding step.
+template <class B, class Choose>
+Expected<int> verify_drafts(Session<B>& session, int32_t pending, std::span<const int32_t> drafts, Choose&& choose,
+                            std::vector<int32_t>& emitted, SpeculativeStats& stats,
+                            const std::atomic<bool>* cancel = nullptr) {
+  return detail::verify_pass(
+      session, pending, drafts, false, [&](const Logits& logits, int64_t row) { return choose(logits.row(row)); }, emitted,
+      stats, cancel);
+}
+
+// The same pass with the backend's greedy choice of each row instead of its logits: nothing but
+// the ids leaves the device. `choose(int32_t argmax) -> Expected<int32_t>` takes a row's argmax
+// (Logits::argmax: -1 for logits a sampler refuses), e.g. through Sampler::take_argmax.
+template <class B, class Choose>
+Expected<int> verify_drafts_greedy(Session<B>& session, int32_t pending, std::span<const int32_t> drafts, Choose&& choose,
+                                   std::vector<int32_t>& emitted, SpeculativeStats& stats,
+                                   const std::atomic<bool>* cancel = nullptr) {
+  return detail::verify_pass(
+      session, pending, drafts, true, [&](const Logits& logits, int64_t row) { return choose(logits.argmax[row]); },
+      emitted, stats, cancel);
 }
 
 // Proposes a known continuation (for tests and benchmarks: no trained MTP weights are available

@@ -228,6 +228,18 @@ TEST_CASE("cuda fixture: greedy continuation of 16 tokens, with sessions and wit
   const auto model = load<Cuda>(test::tiny_fixture());
   auto s = session_of(model, 64);
   CHECK(greedy(s, f.prompt, 16) == f.greedy);
+  {  // generate() with a greedy sampler: the device's argmax ids, no logits copied
+    auto g = session_of(model, 64);
+    auto sampler = mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(f.vocab));
+    REQUIRE(sampler.has_value());
+    auto out = mimo::generate(g, f.prompt, *sampler, {.max_tokens = 16, .default_stop_tokens = false, .mtp_depth = 0});
+    REQUIRE_MESSAGE(out.has_value(), (out ? "" : out.error().describe()));
+    CHECK(out->tokens == f.greedy);
+    auto ids = g.append({f.greedy.back()}, {.logits = mimo::OutputRows::none, .argmax = mimo::OutputRows::last});
+    REQUIRE(ids.has_value());
+    CHECK(ids->rows == 0);
+    CHECK(ids->argmax.size() == 1);
+  }
   auto fused = session_of(model, 64, 256, {.fuse_kernels = true});
   CHECK(greedy(fused, f.prompt, 16) == f.greedy);
   for (auto [fuse, programmatic] : {std::pair{true, false}, {false, true}, {true, true}}) {
@@ -453,9 +465,12 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
   const auto model = load<Cuda>(dir.path());
   const auto prompt = test::random_tokens(30, config.vocab_size, 9);
   bool fuse = false;
+  // A greedy sampler takes the device's argmax ids (only they come back); with a zero logit bias
+  // generate() copies the logits and runs the full sampler instead.
+  std::vector<mimo::TokenBias> bias;
   auto run = [&](int depth, mimo::Drafter<Cuda>* drafter, mimo::SpeculativeStats* stats) {
     auto s = session_of(model, 512, 64, {.fuse_kernels = fuse, .programmatic_launch = fuse});
-    auto sampler = mimo::Sampler::create({.greedy = true}, static_cast<int32_t>(config.vocab_size));
+    auto sampler = mimo::Sampler::create({.logit_bias = bias, .greedy = true}, static_cast<int32_t>(config.vocab_size));
     REQUIRE(sampler.has_value());
     auto g = mimo::generate(s, prompt, *sampler,
                             {.max_tokens = 120, .default_stop_tokens = false, .mtp_depth = depth, .drafter = drafter});
@@ -465,6 +480,10 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
     return g->tokens;
   };
   const auto plain = run(0, nullptr, nullptr);
+  bias = {{0, 0.0f}};
+  CHECK(run(0, nullptr, nullptr) == plain);
+  CHECK(run(2, nullptr, nullptr) == plain);
+  bias.clear();
   for (int depth = 1; depth <= 3; ++depth) {
     CAPTURE(depth);
     mimo::SpeculativeStats stats;

@@ -642,17 +642,31 @@ TEST_CASE("cuda ops: gather_rows, copy_rows, to_host, argmax") {
     CHECK(std::equal(g.begin() + static_cast<long>(i) * width, g.begin() + static_cast<long>(i + 1) * width,
                      x.begin() + static_cast<long>(rows[i]) * width));
   }
-  // argmax with ties takes the first, as std::max_element.
-  std::vector<float> logits = random_values(static_cast<size_t>(3 * 151680), 12);
-  logits[7] = logits[90000] = 1e6f;            // row 0: a tie
-  logits[151680 + 151679] = 1e6f;              // row 1: the last column
-  for (int64_t c = 0; c < 151680; ++c) logits[static_cast<size_t>(2 * 151680 + c)] = -INFINITY;  // row 2: all -inf
-  DeviceRows l(3, 151680);
+  // argmax with ties takes the first, as std::max_element; -1 for the rows a sampler refuses;
+  // the CPU backend's argmax_rows gives the same ids.
+  constexpr int64_t V = 151680;
+  std::vector<float> logits = random_values(static_cast<size_t>(7 * V), 12);
+  auto at = [&](int64_t r, int64_t c) -> float& { return logits[static_cast<size_t>(r * V + c)]; };
+  at(0, 7) = at(0, 90000) = 1e6f;                               // a tie
+  at(1, V - 1) = 1e6f;                                          // the last column
+  for (int64_t c = 0; c < V; ++c) at(2, c) = at(5, c) = -INFINITY;  // all -inf; all but one
+  at(5, 1234) = -5.0f;
+  at(3, 10) = 1e6f;
+  at(3, 500) = NAN;                                             // NaN after the largest
+  at(4, 3) = INFINITY;
+  DeviceRows l(7, V);
   l.upload(logits);
   Cuda::argmax_rows(ctx.gpu, l.rows);
-  std::vector<int32_t> ids(3);
+  std::vector<int32_t> ids(7);
   cuda_test::require_ok(Cuda::read_argmax(ctx.gpu, ids));
-  CHECK(ids == std::vector<int32_t>{7, 151679, 0});
+  const int32_t random_row = static_cast<int32_t>(std::max_element(&at(6, 0), &at(6, 0) + V) - &at(6, 0));
+  CHECK(ids == std::vector<int32_t>{7, static_cast<int32_t>(V - 1), -1, -1, -1, 1234, random_row});
+  HostRows h(7, V);
+  h.upload(logits);
+  Cpu::argmax_rows(ctx.cpu, h.rows);
+  std::vector<int32_t> cpu_ids(7);
+  cuda_test::require_ok(Cpu::read_argmax(ctx.cpu, cpu_ids));
+  CHECK(cpu_ids == ids);
 }
 
 TEST_CASE("cuda ops: a bad op is reported at the next synchronisation, then the context works again") {

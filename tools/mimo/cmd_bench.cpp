@@ -4,8 +4,8 @@
 //
 // Prefill and decode speed on the CPU (medians over repetitions), the bytes of weights one
 // decoding step reads, the bandwidth that achieves and its fraction of the read bandwidth
-// measured in the same run, peak resident memory, and a hash of the logits so that two runs (or
-// two builds) can be compared.
+// measured in the same run, peak resident memory, and a hash of the logits after the last
+// generated token so that two runs (or two builds) can be compared.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -129,8 +129,14 @@ int cmd_bench(int argc, char** argv) {
     if (!g) return cli::fail("bench", g.error());
     prefill_rates.push_back(g->stats.prefill_tokens_per_second());
     decode_rates.push_back(g->stats.decode_tokens_per_second());
-    const auto last = session->logits().last();
-    logits_hash = fnv1a(last.data(), last.size());
+    // The hash: the logits after the last generated token, from one more (untimed) step, as
+    // greedy decoding keeps no logits on the host (only the backend's argmax ids).
+    if (r + 1 == *repeat && !g->tokens.empty()) {
+      auto after = session->append({g->tokens.back()});
+      if (!after) return cli::fail("bench", after.error());
+      const auto last = after->last();
+      logits_hash = fnv1a(last.data(), last.size());
+    }
     last_stats = g->stats;
     if (auto s = probe(); !s) return cli::fail("bench", s.error());
   }

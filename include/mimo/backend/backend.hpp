@@ -39,7 +39,12 @@
 //                                                     causal attention: query row i sees entries [0, length+i]
 //     gather_rows(ctx, src, rows (host), dst)         dst[i] = src[rows[i]]
 //     copy_rows(ctx, src, dst)
+//     argmax_rows(ctx, x)                             per row, the index of its largest value (the first on
+//                                                     ties), or -1 for a row with NaN or +inf, or only -inf
 //     to_host(ctx, src, float* dst) -> Status         copies rows to host memory; a synchronisation point
+//     read_argmax(ctx, span<int32_t> out) -> Status   the first out.size() ids of the last argmax_rows; a
+//                                                     synchronisation point (greedy selection without
+//                                                     copying the logits)
 //   fused ops (optional: where a backend lacks one, the model runs the plain ops it stands for;
 //   a backend that fuses may leave the scratch rows named below unwritten)
 //     rms_norm_linear(ctx, x, weight, eps, normed, span<LinearOp>)

@@ -3,6 +3,7 @@
 // thread pool sized by the caller, kernels chosen at run time for the instruction sets of the machine.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -66,6 +67,7 @@ struct Cpu {
     cpu::AttentionScratch attention;  // per-thread attention memory and split-K partials
     cpu::RopeTable rope_table;
     cpu::KvType kv_type = cpu::KvType::f32;
+    std::vector<int32_t> argmax;  // of the last argmax_rows
   };
 
   struct LinearOp {
@@ -229,6 +231,21 @@ struct Cpu {
   template <class Body>
   static Status forward(Context& c, Body&& body) {
     return body(c);
+  }
+
+  // For each row of x, the index of its largest value (the first on ties), or -1 for a row with
+  // NaN or +inf, or only -inf; read back with read_argmax.
+  static void argmax_rows(Context& c, const Rows& x) {
+    c.argmax.resize(static_cast<size_t>(std::max<int64_t>(x.count, 0)));
+    for (int64_t i = 0; i < x.count; ++i) c.argmax[static_cast<size_t>(i)] = cpu::argmax_or_invalid(x.row(i), x.width);
+  }
+  static Status read_argmax(Context& c, std::span<int32_t> out) {
+    if (out.size() > c.argmax.size()) {
+      return Error(Errc::invalid_argument, "read_argmax: " + std::to_string(out.size()) + " ids asked, " +
+                                               std::to_string(c.argmax.size()) + " computed");
+    }
+    std::copy(c.argmax.begin(), c.argmax.begin() + static_cast<std::ptrdiff_t>(out.size()), out.begin());
+    return ok();
   }
 
   // Copies rows to host memory (the same memory here: a copy only when the places differ).

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -182,6 +183,23 @@ inline void silu_mul_rows(Isa isa, ThreadPool* pool, const Rows& gate, const Row
 #endif
     detail::silu_mul_row_scalar(gate.row(r), up.row(r), gate.width);
   });
+}
+
+// The index of the largest of x[0, n) (the first on ties), or -1 when x holds NaN or +inf, or
+// nothing above -inf: the rows a sampler refuses (Sampler::sample reports why).
+inline int32_t argmax_or_invalid(const float* x, int64_t n) {
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t at = -1;
+  bool invalid = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    invalid |= !(v < std::numeric_limits<float>::infinity());  // NaN or +inf
+    if (v > best) {
+      best = v;
+      at = i;
+    }
+  }
+  return invalid ? -1 : static_cast<int32_t>(at);
 }
 
 }  // namespace mimo::cpu

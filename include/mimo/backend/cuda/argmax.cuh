@@ -1,5 +1,7 @@
 // Greedy selection on the device: the index of each row's largest value (the first on ties, as
-// std::max_element), so that only 4 bytes per row come back to the host. For .cu TUs only.
+// std::max_element), so that only 4 bytes per row come back to the host; -1 for a row holding NaN
+// or +inf, or only -inf (the rows a sampler refuses), as the CPU backend's argmax_rows. For .cu
+// TUs only.
 #pragma once
 
 #include "mimo/backend/cuda/common.cuh"
@@ -21,8 +23,10 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(Rows x, int32_t*
   const float* row = x.data + r * x.stride;
   float best = -INFINITY;
   int64_t best_i = INT64_MAX;
+  int invalid = 0;
   for (int64_t c = threadIdx.x; c < x.width; c += blockDim.x) {
     const float v = row[c];
+    invalid |= !(v < INFINITY);  // NaN or +inf
     if (argmax_better(v, c, best, best_i)) {
       best = v;
       best_i = c;
@@ -30,7 +34,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(Rows x, int32_t*
   }
   values[threadIdx.x] = best;
   indices[threadIdx.x] = best_i;
-  __syncthreads();
+  invalid = __syncthreads_or(invalid);
   for (int half = kArgmaxThreads / 2; half > 0; half >>= 1) {
     if (threadIdx.x < half) {
       const float v = values[threadIdx.x + half];
@@ -42,8 +46,8 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(Rows x, int32_t*
     }
     __syncthreads();
   }
-  // A row of NaN or -inf only: index 0, as std::max_element over such a row.
-  if (threadIdx.x == 0) out[r] = indices[0] == INT64_MAX ? 0 : static_cast<int32_t>(indices[0]);
+  // Nothing above -inf (the pairs compare equal, so an index won anyway): no index either.
+  if (threadIdx.x == 0) out[r] = invalid || !(values[0] > -INFINITY) ? -1 : static_cast<int32_t>(indices[0]);
 }
 
 }  // namespace kernels
