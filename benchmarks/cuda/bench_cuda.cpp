@@ -125,6 +125,22 @@ void prefill(cuda_test::GraphDecoder& d, std::span<const int32_t> prompt, std::v
   }
 }
 
+// The prompt, then `n` greedy steps of one token each: the tokens fed (in `out`) and the median
+// step's tokens per second.
+double greedy_steps(cuda_test::GraphDecoder& d, std::span<const int32_t> prompt, int64_t n, std::vector<int32_t>& out) {
+  std::vector<int32_t> ids;
+  prefill(d, prompt, ids);
+  std::vector<double> steps;
+  out.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(ids.back());
+    const auto t = Clock::now();
+    must(d.step(std::span<const int32_t>(&out.back(), 1), false, ids), "decode");
+    steps.push_back(since(t));
+  }
+  return 1.0 / median(steps);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -240,16 +256,8 @@ int main(int argc, char** argv) {
     auto d = must(cuda_test::GraphDecoder::create(model, context, static_cast<int64_t>(kDecoderBatch),
                                                   {.graphs = graphs, .fuse_kernels = v.fuse, .programmatic_launch = v.programmatic}),
                   "decoder");
-    std::vector<int32_t> ids, out;
-    prefill(d, prompt, ids);
-    std::vector<double> steps;
-    for (int64_t i = 0; i < decode; ++i) {
-      out.push_back(ids.back());
-      const auto t = Clock::now();
-      must(d.step(std::span<const int32_t>(&out.back(), 1), false, ids), "decode");
-      steps.push_back(since(t));
-    }
-    const double tok_s = 1.0 / median(steps);
+    std::vector<int32_t> out;
+    const double tok_s = greedy_steps(d, prompt, decode, out);
     const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), session_tokens.begin()).first - out.begin());
     row(std::string(v.name) + (v.programmatic && !mimo::Cuda::programmatic(d.context()) ? " (inactive)" : ""),
         fmt("%.1f tok/s", tok_s),
@@ -276,17 +284,9 @@ int main(int argc, char** argv) {
       auto d = must(cuda_test::GraphDecoder::create(model, long_context + long_steps + 8, static_cast<int64_t>(kDecoderBatch),
                                                     {.kv_cache = type}),
                     "decoder");
-      std::vector<int32_t> ids, out;
-      prefill(d, long_prompt, ids);
-      std::vector<double> steps;
-      for (int64_t i = 0; i < long_steps; ++i) {
-        out.push_back(ids.back());
-        const auto t = Clock::now();
-        must(d.step(std::span<const int32_t>(&out.back(), 1), false, ids), "decode");
-        steps.push_back(since(t));
-      }
+      std::vector<int32_t> out;
+      const double tok_s = greedy_steps(d, long_prompt, long_steps, out);
       if (type == mimo::KvType::f32) f32_tokens = out;
-      const double tok_s = 1.0 / median(steps);
       const int64_t agree = static_cast<int64_t>(std::mismatch(out.begin(), out.end(), f32_tokens.begin()).first - out.begin());
       const StepBytes read = step_bytes(c, mimo::kv_element_bytes(type));
       const double long_avg = static_cast<double>(long_context) + static_cast<double>(long_steps) / 2;
