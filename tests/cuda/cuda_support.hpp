@@ -124,6 +124,23 @@ inline double nmse(const std::vector<float>& a, const std::vector<float>& b) {
   return den > 0.0 ? num / den : num;
 }
 
+// Floats as the elements of a saved KV state of `type` (kv_load's input), rounded as the CPU
+// backend's cache rounds them.
+inline std::vector<std::byte> kv_state_of(const std::vector<float>& values, mimo::KvType type) {
+  REQUIRE(type != mimo::KvType::i8);
+  const size_t element = static_cast<size_t>(mimo::kv_element_bytes(type));
+  std::vector<std::byte> bytes(values.size() * element);
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (type == mimo::KvType::f32) {
+      std::memcpy(bytes.data() + 4 * i, &values[i], 4);
+    } else {
+      const uint16_t h = type == mimo::KvType::f16 ? mimo::f32_to_f16(values[i]) : mimo::f32_to_bf16(values[i]);
+      std::memcpy(bytes.data() + 2 * i, &h, 2);
+    }
+  }
+  return bytes;
+}
+
 // Saved KV state (kv_save) of a cache of `type` as floats.
 inline std::vector<float> widen_kv_state(const std::vector<std::byte>& bytes, mimo::KvType type) {
   REQUIRE(type != mimo::KvType::i8);

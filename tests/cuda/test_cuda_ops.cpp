@@ -333,17 +333,8 @@ TEST_CASE("cuda ops: attention after 32k entries of a loaded cache, each type, s
     Cuda::KvCache gkv;
     cuda_test::require_ok(Cpu::make_kv_cache(ctx.cpu, ckv, 1, s, capacity));
     cuda_test::require_ok(Cuda::make_kv_cache(ctx.gpu, gkv, 1, s, capacity));
-    std::vector<std::byte> state(static_cast<size_t>(mimo::kv_state_bytes(type, 1, 2, D, length)));
-    const size_t element = static_cast<size_t>(mimo::kv_element_bytes(type));
-    REQUIRE(state.size() == entries.size() * element);
-    for (size_t i = 0; i < entries.size(); ++i) {
-      if (type == mimo::KvType::f32) {
-        std::memcpy(state.data() + 4 * i, &entries[i], 4);
-      } else {
-        const uint16_t h = type == mimo::KvType::f16 ? mimo::f32_to_f16(entries[i]) : mimo::f32_to_bf16(entries[i]);
-        std::memcpy(state.data() + 2 * i, &h, 2);
-      }
-    }
+    const std::vector<std::byte> state = cuda_test::kv_state_of(entries, type);
+    REQUIRE(state.size() == mimo::kv_state_bytes(type, 1, 2, D, length));
     mimo::detail::ByteReader rc(state, "state"), rg(state, "state");
     cuda_test::require_ok(Cpu::kv_load(ckv, length, rc));
     cuda_test::require_ok(Cuda::kv_load(gkv, length, rg));

@@ -284,10 +284,7 @@ struct Cuda {
   static Expected<Context> make_context(const ContextOptions& o, const AttentionShape& shape, int64_t capacity,
                                         int64_t max_cols) {
     (void)max_cols;  // product scratch grows on first use
-    if (!cuda::cuda_kv_type(o.kv_cache)) {
-      return Error(Errc::invalid_argument, "CUDA context: KV cache type " + kv_type_name(o.kv_cache) +
-                                               " is not supported (f32, f16 or bf16)");
-    }
+    if (auto s = check_kv_type(o.kv_cache); !s) return std::move(s).error();
     const int count = device_count();
     if (o.device < 0 || o.device >= count) {
       return Error(Errc::invalid_argument, "CUDA context: device " + std::to_string(o.device) + " is not available (" +
@@ -381,9 +378,7 @@ struct Cuda {
   }
   static Status make_kv_cache(KvCache& kv, int64_t layers, const AttentionShape& s, int64_t capacity,
                               KvType type = KvType::f32) {
-    if (!cuda::cuda_kv_type(type)) {
-      return Error(Errc::invalid_argument, "CUDA KV cache: type " + kv_type_name(type) + " is not supported (f32, f16 or bf16)");
-    }
+    if (auto st = check_kv_type(type); !st) return st;
     if (layers < 0 || s.num_kv_heads < 0 || s.head_dim < 0 || capacity < 0) {
       return Error(Errc::invalid_argument, "CUDA KV cache: negative dimension");
     }
@@ -891,8 +886,10 @@ struct Cuda {
     c.failed = true;
     c.error = std::move(e);
   }
-  static std::string kv_type_name(KvType t) {
-    return valid_kv_type(t) ? std::string(to_string(t)) : std::to_string(static_cast<uint32_t>(t));
+  static Status check_kv_type(KvType t) {
+    if (cuda::cuda_kv_type(t)) return ok();
+    const std::string name = valid_kv_type(t) ? std::string(to_string(t)) : std::to_string(static_cast<uint32_t>(t));
+    return Error(Errc::invalid_argument, "CUDA KV cache type " + name + " is not supported (f32, f16 or bf16)");
   }
   static void invalid(Context& c, std::string message) { fail(c, Error(Errc::invalid_argument, "CUDA " + std::move(message))); }
 
@@ -987,10 +984,9 @@ struct Cuda {
   // their float4 paths (the fused kernel computes what those compute, bit for bit).
   static bool norm_fusable(const Context& c, const Rows& x, const Vector& w, const Rows& normed,
                            std::span<const LinearOp> ops, bool swiglu, cuda::GemvBatch& batch) {
-    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     if (!c.options.fuse_kernels || c.failed || x.count != 1 || c.options.gemv_max_rows < 1 || w.size != x.width ||
         normed.count != 1 || normed.width != x.width || x.stride % 4 != 0 || normed.stride % 4 != 0 ||
-        !aligned(normed.data) || overlap(normed, x) || ops.empty() || ops.size() > static_cast<size_t>(cuda::kMaxGemvJobs) ||
+        !cuda::aligned16(normed.data) || overlap(normed, x) || ops.empty() || ops.size() > static_cast<size_t>(cuda::kMaxGemvJobs) ||
         !linear_fits(c, x, ops)) {
       return false;
     }
@@ -1000,11 +996,7 @@ struct Cuda {
       if (overlap(o.out, x)) return false;
     }
     batch.count = static_cast<int>(ops.size());
-    for (int j = 0; j < batch.count; ++j) {
-      const LinearOp& o = ops[static_cast<size_t>(j)];
-      batch.jobs[j] = cuda::GemvJob{o.weight->data.data(), o.weight->rows, o.bias ? o.bias->data() : nullptr, o.out.data,
-                                    o.out.stride, o.accumulate ? 1 : 0};
-    }
+    for (int j = 0; j < batch.count; ++j) batch.jobs[j] = gemv_job(ops[static_cast<size_t>(j)]);
     return cuda::launch::gemv_norm_fits(batch, x.data, w.data(), x.width, swiglu);
   }
 
@@ -1012,15 +1004,21 @@ struct Cuda {
     Op op(c, swiglu ? "rms_norm_swiglu" : "rms_norm_linear");
     if (!op) return;
     note(c, {code(cuda::detail::OpCode::gemv_norm), cuda::detail::addr(w.data()), cuda::detail::bits_of(eps), swiglu ? 1 : 0});
-    for (int j = 0; j < batch.count; ++j) {
-      const cuda::GemvJob& g = batch.jobs[j];
-      note(c, {cuda::detail::addr(g.weight), g.rows, cuda::detail::addr(g.bias), cuda::detail::addr(g.out), g.out_stride,
-               g.accumulate});
-    }
+    for (int j = 0; j < batch.count; ++j) note_job(c, batch.jobs[j]);
     note_rows(c, x);
     if (c.mode == Mode::dry) return;
     launched(c, cuda::launch::gemv_norm(c.stream, batch, x.data, w.data(), eps, x.width, swiglu, c.programmatic),
              swiglu ? "rms_norm_swiglu (GEMV)" : "rms_norm_linear (GEMV)");
+  }
+
+  // The GEMV kernel's job for a product (whose shapes have been checked).
+  static cuda::GemvJob gemv_job(const LinearOp& o) {
+    return cuda::GemvJob{o.weight->data.data(), o.weight->rows, o.bias ? o.bias->data() : nullptr, o.out.data, o.out.stride,
+                         o.accumulate ? 1 : 0};
+  }
+  static void note_job(Context& c, const cuda::GemvJob& g) {
+    note(c, {cuda::detail::addr(g.weight), g.rows, cuda::detail::addr(g.bias), cuda::detail::addr(g.out), g.out_stride,
+             g.accumulate});
   }
 
   // The products of `ops` over at most kMaxGemvRows rows with the GEMV kernel, four per launch.
@@ -1029,11 +1027,9 @@ struct Cuda {
       cuda::GemvBatch batch{};
       batch.count = static_cast<int>(std::min<size_t>(cuda::kMaxGemvJobs, ops.size() - first));
       for (int j = 0; j < batch.count; ++j) {
-        const LinearOp& o = ops[first + static_cast<size_t>(j)];
-        batch.jobs[j] = cuda::GemvJob{o.weight->data.data(), o.weight->rows, o.bias ? o.bias->data() : nullptr, o.out.data,
-                                      o.out.stride, o.accumulate ? 1 : 0};
-        note(c, {code(cuda::detail::OpCode::gemv), cuda::detail::addr(batch.jobs[j].weight), o.weight->rows,
-                 cuda::detail::addr(batch.jobs[j].bias), cuda::detail::addr(o.out.data), o.out.stride, batch.jobs[j].accumulate});
+        batch.jobs[j] = gemv_job(ops[first + static_cast<size_t>(j)]);
+        note(c, {code(cuda::detail::OpCode::gemv)});
+        note_job(c, batch.jobs[j]);
       }
       note_rows(c, x);
       if (c.mode == Mode::dry) continue;

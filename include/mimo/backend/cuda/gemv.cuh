@@ -323,13 +323,12 @@ bool programmatic_supported() {
 }
 
 bool gemv_norm_fits(const GemvBatch& batch, const float* x, const float* norm_weight, int64_t cols, bool swiglu) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (batch.count < 1 || batch.count > kMaxGemvJobs || cols <= 0 || cols % 8 != 0 || cols > kMaxGemvNormCols ||
-      !aligned(x) || !aligned(norm_weight)) {
+      !aligned16(x) || !aligned16(norm_weight)) {
     return false;
   }
   for (int j = 0; j < batch.count; ++j) {
-    if (!aligned(batch.jobs[j].weight) || batch.jobs[j].rows <= 0) return false;
+    if (!aligned16(batch.jobs[j].weight) || batch.jobs[j].rows <= 0) return false;
   }
   if (!swiglu) return true;
   const GemvJob& gate = batch.jobs[0];
@@ -357,10 +356,10 @@ cudaError_t gemv(cudaStream_t stream, const GemvBatch& batch, const float* x, in
     return batch.count == 0 || rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   }
   int64_t total = 0;
-  bool vec = cols % 8 == 0 && x_stride % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  bool vec = cols % 8 == 0 && x_stride % 4 == 0 && aligned16(x);
   for (int j = 0; j < batch.count; ++j) {
     total += batch.jobs[j].rows;
-    vec = vec && reinterpret_cast<uintptr_t>(batch.jobs[j].weight) % 16 == 0;
+    vec = vec && aligned16(batch.jobs[j].weight);
   }
   if (total <= 0) return cudaSuccess;
   switch (rows) {

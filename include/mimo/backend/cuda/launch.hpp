@@ -40,6 +40,9 @@ struct GemvBatch {
   int count = 0;
 };
 
+// Whether p is 16-byte aligned: the float4 and 16-byte weight loads the vector paths take.
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // One decoder layer of a KV cache: elements of `type` (f32, f16 or bf16; see cuda_kv_type).
 struct KvLayer {
   void* keys = nullptr;    // [kv_heads][capacity][head_dim]

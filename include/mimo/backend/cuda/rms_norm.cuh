@@ -96,9 +96,8 @@ namespace launch {
 
 cudaError_t rms_norm(cudaStream_t stream, const Rows& x, const float* weight, double eps, const Rows& out) {
   if (x.count <= 0 || x.width <= 0) return cudaSuccess;
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool vec = x.width % 4 == 0 && x.stride % 4 == 0 && out.stride % 4 == 0 && aligned(x.data) && aligned(out.data) &&
-                   aligned(weight);
+  const bool vec = x.width % 4 == 0 && x.stride % 4 == 0 && out.stride % 4 == 0 && aligned16(x.data) &&
+                   aligned16(out.data) && aligned16(weight);
   const unsigned grid = static_cast<unsigned>(x.count);
   if (vec) {
     kernels::rms_norm_kernel<true><<<grid, kernels::kNormThreads, 0, stream>>>(x, weight, eps, out);
