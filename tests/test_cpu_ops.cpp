@@ -164,3 +164,43 @@ TEST_CASE("argmax_or_invalid: the first largest value, or -1 for NaN, +inf or no
   const auto v = random_values(rng, 151680, -30.0f, 30.0f);
   CHECK(argmax_or_invalid(v.data(), static_cast<int64_t>(v.size())) == std::max_element(v.begin(), v.end()) - v.begin());
 }
+
+TEST_CASE("top_or_invalid: the count largest in the sampler's order, ascending ids, or -1 ids for refused rows") {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  mimo::cpu::TopScratch scratch;
+  // Returns the ids, and checks the values are the row's.
+  const auto top = [&](const std::vector<float>& v, int32_t count) {
+    std::vector<int32_t> ids(static_cast<size_t>(count), 7);
+    std::vector<float> values(static_cast<size_t>(count));
+    const bool valid = mimo::cpu::top_or_invalid(v.data(), static_cast<int64_t>(v.size()), count, ids.data(), values.data(), scratch);
+    for (size_t j = 0; valid && j < ids.size(); ++j) CHECK(std::memcmp(&values[j], &v[static_cast<size_t>(ids[j])], sizeof(float)) == 0);
+    CHECK(valid == (ids[0] != -1));
+    return ids;
+  };
+  using Ids = std::vector<int32_t>;
+  CHECK(top({1.0f, 3.0f, 3.0f, 2.0f}, 1) == Ids{1});
+  CHECK(top({1.0f, 3.0f, 3.0f, 2.0f}, 2) == Ids{1, 2});
+  CHECK(top({5.0f, 3.0f, 3.0f, 3.0f}, 3) == Ids{0, 1, 2});  // ties: the lower ids
+  CHECK(top({0.0f, -0.0f, 0.0f, -1.0f}, 2) == Ids{0, 1});     // -0 == +0
+  CHECK(top({-0.0f, -1.0f, 0.0f}, 1) == Ids{0});
+  CHECK(top({-inf, -5.0f, -inf, -inf}, 3) == Ids{0, 1, 2});  // -inf entries fill the count
+  CHECK(top({4.0f, 1.0f, 2.0f}, 3) == Ids{0, 1, 2});          // all of them
+  CHECK(top({-inf, -inf}, 1) == Ids{-1});
+  CHECK(top({-inf, -inf, -inf}, 3) == Ids{-1, -1, -1});
+  CHECK(top({2.0f, nan, 1.0f}, 1) == Ids{-1});  // NaN anywhere, even outside the selection
+  CHECK(top({2.0f, 1.0f, inf}, 3) == Ids{-1, -1, -1});
+  CHECK(top({2.0f, 1.0f, nan}, 3) == Ids{-1, -1, -1});
+  // Against sorting, over a vocabulary-sized row with many ties.
+  std::mt19937 rng(5);
+  std::vector<float> v = random_values(rng, 151680, -30.0f, 30.0f);
+  for (size_t i = 0; i < v.size(); i += 3) v[i] = std::round(v[i]);
+  for (int32_t count : {1, 40, 104, 4096}) {
+    CAPTURE(count);
+    std::vector<int32_t> order(v.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return v[static_cast<size_t>(a)] > v[static_cast<size_t>(b)]; });
+    order.resize(static_cast<size_t>(count));
+    std::sort(order.begin(), order.end());
+    CHECK(top(v, count) == order);
+  }
+}

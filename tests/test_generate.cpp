@@ -4,7 +4,9 @@
 // vocabulary and tokenizer.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <string>
 
 #include <mimo/generate.hpp>
@@ -236,6 +238,108 @@ TEST_CASE("generate: a greedy sampler takes the backend's argmax ids and emits w
     auto s = w.session();
     auto wrong = *mimo::Sampler::create({.greedy = true}, V + 10);
     CHECK_FALSE(mimo::generate(s, w.prompt, wrong, {.max_tokens = 2}).has_value());
+  }
+}
+
+// The top `count` ids of a row (logit descending, then lower id), ascending: the order a
+// sampler ranks by, from a sort.
+std::vector<int32_t> sorted_top(std::span<const float> row, int32_t count) {
+  std::vector<int32_t> order(row.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[static_cast<size_t>(a)] > row[static_cast<size_t>(b)]; });
+  order.resize(static_cast<size_t>(count));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+TEST_CASE("generate: a sampler with top_k takes the backend's selection of the largest logits and emits what the full sampler emits") {
+  World w;
+  const auto V = static_cast<int32_t>(w.model.config().vocab_size);
+  const auto vec = [](auto span) { return std::vector(span.begin(), span.end()); };
+  // The session's selection: per row, the top_count largest of its logits, in one chunk or in
+  // chunks of 5; with no logits asked only the selection comes back; copy() keeps it; the next
+  // append without it clears it.
+  for (int64_t batch : {int64_t{256}, int64_t{5}}) {
+    CAPTURE(batch);
+    auto s = w.model.new_session({.context = 256, .batch = batch, .backend = {.threads = 1}});
+    REQUIRE(s.has_value());
+    auto both = s->append(w.prompt, {.logits = mimo::OutputRows::all, .top = mimo::OutputRows::all, .top_count = 50});
+    REQUIRE(both.has_value());
+    REQUIRE(both->top_rows() == both->rows);
+    for (int64_t r = 0; r < both->rows; ++r) {
+      CAPTURE(r);
+      const std::vector<int32_t> ids = vec(both->top_ids_of(r));
+      CHECK(ids == sorted_top(both->row(r), 50));
+      for (size_t j = 0; j < ids.size(); ++j) CHECK(both->top_logits_of(r)[j] == both->row(r)[static_cast<size_t>(ids[j])]);
+    }
+    const std::vector<int32_t> last_ids = vec(both->top_ids_of(both->rows - 1));
+    auto t = w.model.new_session({.context = 256, .batch = batch, .backend = {.threads = 1}});
+    REQUIRE(t.has_value());
+    auto only = t->append(w.prompt, {.logits = mimo::OutputRows::none, .top = mimo::OutputRows::last, .top_count = 50});
+    REQUIRE(only.has_value());
+    CHECK(only->rows == 0);
+    REQUIRE(only->top_rows() == 1);
+    CHECK(vec(only->top_ids_of(0)) == last_ids);
+    auto copied = t->copy();
+    REQUIRE(copied.has_value());
+    CHECK(vec(copied->logits().top_ids) == last_ids);
+    auto next = t->append({last_ids[0]});
+    REQUIRE(next.has_value());
+    CHECK(next->top_rows() == 0);
+    CHECK(next->top_ids.empty());
+  }
+  // A top_count outside [1, min(vocab, max_top_count)] is refused, and the session is unchanged.
+  {
+    auto s = w.session();
+    for (int32_t count : {0, -1, mimo::max_top_count + 1}) {
+      auto r = s.append(w.prompt, {.top = mimo::OutputRows::last, .top_count = count});
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().describe().find("top_count") != std::string::npos);
+      CHECK(s.size() == 0);
+    }
+    CHECK(s.append(w.prompt, {.top = mimo::OutputRows::none, .top_count = 0}).has_value());  // no rows: no count needed
+  }
+  // generate() with the selection against generate() copying every logit: the same tokens,
+  // session and generator state, with and without MTP drafting, with penalties, and continuing
+  // from an empty prompt. commit_last = false leaves the last pass's outputs to show which path
+  // ran: the selection alone, or logits.
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<mimo::SamplerOptions> configurations = {
+      {.temperature = 0.9f, .top_k = 20, .top_p = 0.9f, .seed = 5},
+      {.temperature = 1.5f, .top_k = 8, .repeat_penalty = 1.3f, .presence_penalty = 0.5f, .penalty_window = 16, .seed = 6},
+      {.repeat_penalty = 1.2f, .logit_bias = {{13, -inf}}, .greedy = true},
+  };
+  for (size_t config = 0; config < configurations.size(); ++config) {
+    for (int depth : {0, 2}) {
+      CAPTURE(config);
+      CAPTURE(depth);
+      auto by_top = *mimo::Sampler::create(configurations[config], V);
+      auto by_logits = *mimo::Sampler::create(configurations[config], V);
+      REQUIRE(by_top.candidates_needed() > 0);
+      auto a = w.session(), b = w.session();
+      mimo::GenerateOptions<mimo::Cpu> o{.max_tokens = 12, .default_stop_tokens = false, .mtp_depth = depth, .commit_last = false};
+      auto ga = mimo::generate(a, w.prompt, by_top, o, &w.tokenizer);
+      o.backend_selection = false;
+      auto gb = mimo::generate(b, w.prompt, by_logits, o, &w.tokenizer);
+      REQUIRE(ga.has_value());
+      REQUIRE(gb.has_value());
+      CHECK(ga->tokens == gb->tokens);
+      CHECK(ga->text == gb->text);
+      CHECK(vec(a.tokens()) == vec(b.tokens()));
+      CHECK(by_top.snapshot() == by_logits.snapshot());
+      CHECK(a.logits().rows == 0);
+      CHECK(a.logits().top_rows() >= 1);
+      CHECK(b.logits().rows >= 1);
+      CHECK(b.logits().top_rows() == 0);
+      o.commit_last = true;
+      auto more_b = mimo::generate(b, {}, by_logits, o, &w.tokenizer);
+      o.backend_selection = true;
+      auto more_a = mimo::generate(a, {}, by_top, o, &w.tokenizer);  // from the selection alone
+      REQUIRE(more_a.has_value());
+      REQUIRE(more_b.has_value());
+      CHECK(more_a->tokens == more_b->tokens);
+      CHECK(by_top.snapshot() == by_logits.snapshot());
+    }
   }
 }
 

@@ -717,6 +717,113 @@ TEST_CASE("Sampler: take_argmax is sample() for a sampler that chooses the argma
   CHECK(warm.take_argmax(1).error().describe().find("greedy") != std::string::npos);
 }
 
+TEST_CASE("Candidates: assign of a part of the vocabulary checks ids and logits") {
+  mimo::Candidates c;
+  const std::vector<int32_t> ids = {2, 5, 9};
+  const std::vector<float> logits = {1.0f, 3.0f, -inf};
+  REQUIRE(c.assign(ids, logits, 10));
+  CHECK(c.vocab_size() == 10);
+  CHECK(ids_of(c) == ids);
+  CHECK(c.find(5) == 1);
+  CHECK(c.find(4) == c.size());
+  const auto error_of = [&](std::vector<int32_t> i, std::vector<float> l) {
+    const mimo::Status s = c.assign(i, l, 10);
+    REQUIRE_FALSE(s);
+    return s.error().describe();
+  };
+  CHECK(error_of({1, 2}, {1.0f}).find("2 candidate ids for 1 logits") != std::string::npos);
+  CHECK(error_of({}, {}).find("no candidates") != std::string::npos);
+  CHECK(error_of({3, 3}, {1.0f, 2.0f}).find("out of order") != std::string::npos);
+  CHECK(error_of({4, 3}, {1.0f, 2.0f}).find("out of order") != std::string::npos);
+  CHECK(error_of({3, 10}, {1.0f, 2.0f}).find("outside the vocabulary") != std::string::npos);
+  CHECK(error_of({-1}, {1.0f}).find("outside the vocabulary") != std::string::npos);
+  CHECK(error_of({3, 7}, {1.0f, nan_value}).find("token 7 is NaN") != std::string::npos);  // named by id
+  CHECK(error_of({3, 7}, {-inf, -inf}).find("every logit is -inf") != std::string::npos);
+  CHECK(ids_of(c) == ids);  // failures leave the candidates as they were
+}
+
+TEST_CASE("Sampler: candidates_needed, and sample_top gives sample()'s tokens and draws from the largest logits") {
+  const int32_t V = 6000;
+  const auto create_for = [](mimo::SamplerOptions o, int32_t vocab) {
+    mimo::Expected<mimo::Sampler> s = mimo::Sampler::create(std::move(o), vocab);
+    REQUIRE(s);
+    return std::move(*s);
+  };
+  const auto create = [&](mimo::SamplerOptions o) { return create_for(std::move(o), V); };
+  // top_k (1 when greedy) plus one per token a penalty or bias may lower; 0 where a logit may rise.
+  CHECK(create({.top_k = 40}).candidates_needed() == 40);
+  CHECK(create({.temperature = 0.7f, .top_p = 0.9f}).candidates_needed() == 0);  // top-p over everything
+  CHECK(create({.top_k = 40, .repeat_penalty = 1.1f}).candidates_needed() == 40 + 64);
+  CHECK(create({.top_k = 40, .presence_penalty = 0.5f, .penalty_window = 8}).candidates_needed() == 48);
+  CHECK(create({.top_k = 40, .repeat_penalty = 0.9f}).candidates_needed() == 0);
+  CHECK(create({.top_k = 40, .repeat_penalty = 0.9f, .penalty_window = 0}).candidates_needed() == 40);  // no window
+  CHECK(create({.top_k = 40, .presence_penalty = -0.5f}).candidates_needed() == 0);
+  CHECK(create({.top_k = 40, .frequency_penalty = -0.1f}).candidates_needed() == 0);
+  CHECK(create({.top_k = 40, .logit_bias = {{3, -inf}, {4, -2.0f}, {5, 0.0f}}}).candidates_needed() == 43);
+  CHECK(create({.top_k = 40, .logit_bias = {{3, 0.5f}}}).candidates_needed() == 0);
+  CHECK(create({.repeat_penalty = 1.3f, .greedy = true}).candidates_needed() == 65);
+  CHECK(create({.temperature = 0.0f, .logit_bias = {{3, -inf}}}).candidates_needed() == 2);
+  CHECK(create({.top_k = V}).candidates_needed() == 0);  // as many as the vocabulary: no saving
+  CHECK(create({.top_k = 4000, .repeat_penalty = 1.1f, .penalty_window = 100}).candidates_needed() == 0);  // > max_top_count
+  CHECK(create({.top_k = 4000}).candidates_needed() == 4000);
+
+  // Exactness: the sampler fed the top `needed` (or more) entries draws what sample() draws from
+  // the whole vector, step after step, with penalties and bans aimed at the best tokens (so that
+  // tokens from below the top k move up) and logits with ties and -inf.
+  const std::vector<mimo::SamplerOptions> configurations = {
+      {.temperature = 0.8f, .top_k = 40, .seed = 1},
+      {.temperature = 1.3f, .top_k = 3, .top_p = 0.9f, .seed = 2},
+      {.temperature = 0.6f, .top_k = 50, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1.2f, .penalty_window = 16, .seed = 3},
+      {.temperature = 2.0f, .top_k = 8, .presence_penalty = 3.0f, .frequency_penalty = 1.0f, .penalty_window = 12, .seed = 4},
+      {.top_k = 5, .logit_bias = {{7, -inf}, {11, -3.0f}, {7, -1.0f}}, .seed = 5},
+      {.repeat_penalty = 1.5f, .presence_penalty = 2.0f, .penalty_window = 6, .greedy = true},
+      {.temperature = 0.0f, .presence_penalty = 50.0f, .penalty_window = 4, .logit_bias = {{2, -inf}}},
+  };
+  for (size_t config = 0; config < configurations.size(); ++config) {
+    CAPTURE(config);
+    for (int32_t extra : {0, 7}) {
+      CAPTURE(extra);
+      mimo::Sampler full = create(configurations[config]), top = create(configurations[config]);
+      const int32_t needed = top.candidates_needed();
+      REQUIRE(needed > 0);
+      for (uint64_t step = 0; step < 40; ++step) {
+        CAPTURE(step);
+        std::vector<float> logits = random_logits(static_cast<size_t>(V), 1000 * config + step, 2.0, 12);
+        // Steer the best tokens into the window and the ban list's ids to the top, so that
+        // penalties and bias move the boundary of the top k.
+        for (int32_t id : {2, 7, 11}) logits[static_cast<size_t>(id)] = 30.0f + static_cast<float>(id % 3);
+        const std::vector<int32_t> ids = reference_top_k(logits, static_cast<size_t>(needed + extra));
+        std::vector<float> values;
+        for (int32_t id : ids) values.push_back(logits[static_cast<size_t>(id)]);
+        const mimo::Expected<int32_t> want = full.sample(logits);
+        const mimo::Expected<int32_t> got = top.sample_top(ids, values);
+        REQUIRE(want.has_value());
+        REQUIRE(got.has_value());
+        CHECK(*got == *want);
+        CHECK(top.snapshot() == full.snapshot());
+        REQUIRE(full.accept(*want));
+        REQUIRE(top.accept(*want));
+      }
+    }
+  }
+
+  // Errors, none of which draws: options that need every logit, too few candidates, a refused row.
+  mimo::Sampler s = create({.top_k = 4, .seed = 8});
+  const auto before = s.snapshot();
+  const std::vector<int32_t> four = {1, 2, 3, 4};
+  const std::vector<float> values = {1.0f, 2.0f, 3.0f, 4.0f};
+  CHECK(s.sample_top(std::span(four).first(3), std::span(values).first(3)).error().describe().find("3 candidates given, 4 needed") !=
+        std::string::npos);
+  const std::vector<int32_t> refused = {-1, -1, -1, -1};
+  CHECK(s.sample_top(refused, values).error().describe().find("NaN or +inf") != std::string::npos);
+  const std::vector<int32_t> unordered = {1, 3, 2, 4};
+  CHECK(s.sample_top(unordered, values).error().describe().find("out of order") != std::string::npos);
+  CHECK(s.snapshot() == before);
+  CHECK(create_for({.top_k = 4}, 4).sample_top(four, values).error().describe().find("need every logit") != std::string::npos);
+  REQUIRE(s.sample_top(four, values).has_value());
+  CHECK_FALSE(s.snapshot() == before);
+}
+
 TEST_CASE("Sampler: the same seed gives the same tokens; a pinned sequence") {
   const std::vector<float> logits = random_logits(151680, 77);
   const mimo::SamplerOptions options = {.temperature = 0.8f,

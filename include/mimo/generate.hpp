@@ -91,6 +91,11 @@ struct GenerateOptions {
   Drafter<B>* drafter = nullptr;     // a custom drafter instead (e.g. ReplayDrafter); mtp_depth then caps its drafts
   bool penalize_prompt = true;       // the prompt enters the sampler's penalty window
   bool commit_last = true;           // see the top of this file
+  // The backend chooses where the logits are, when the sampler allows it: the argmax of a greedy
+  // sampler (Sampler::chooses_argmax), or the largest logits the sampler's choice depends on
+  // (Sampler::candidates_needed); on a GPU only those come back. false copies every logit to the
+  // host for every token (the same tokens, slower; for comparison).
+  bool backend_selection = true;
   // Called for every generated token, in order; return false to stop.
   std::function<bool(const TokenEvent&)> on_token = {};
   // Checked between layers and steps, from any thread: a cancel during a long prompt takes effect
@@ -219,7 +224,11 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
 
   // A greedy sampler takes each token from the argmax the backend computes where the logits are:
   // on a GPU only the ids come back (the same tokens, errors and generator draws as sample()).
-  const bool greedy_ids = sampler.chooses_argmax() && sampler.vocab_size() == config.vocab_size;
+  // Otherwise a sampler whose choice depends on its top_k (plus penalised tokens) takes it from
+  // the backend's selection of the largest logits (the same tokens and draws as sample()).
+  const bool selection = options.backend_selection && sampler.vocab_size() == config.vocab_size;
+  const bool greedy_ids = selection && sampler.chooses_argmax();
+  const int32_t top_count = selection && !greedy_ids ? sampler.candidates_needed() : 0;
 
   Generation result;
   result.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -245,7 +254,8 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
         if (auto s = mtp->catch_up(session, options.cancel); !s) return std::move(s).error();
       }
     }
-  } else if (session.logits().rows == 0 && !(greedy_ids && !session.logits().argmax.empty())) {
+  } else if (session.logits().rows == 0 && !(greedy_ids && !session.logits().argmax.empty()) &&
+             !(top_count > 0 && session.logits().top_rows() > 0)) {
     return Error(Errc::invalid_argument, "generate: an empty prompt continues from the session's last logits, but it has none");
   }
   if (options.penalize_prompt) {  // after the prefill, which has validated the ids
@@ -257,8 +267,8 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
   log(LogLevel::debug, "prefill: " + std::to_string(prompt.size()) + " tokens in " +
                            std::to_string(result.stats.prefill_seconds) + " s");
 
-  // Choosing a token: the full sampler (or its greedy choice from the backend's argmax), then the
-  // penalty window learns it.
+  // Choosing a token: the full sampler (or its choice from the backend's argmax or selection of the
+  // largest logits), then the penalty window learns it.
   auto record = [&](Expected<int32_t> t) -> Expected<int32_t> {
     if (!t) return t;
     if (auto s = sampler.accept(*t); !s) return std::move(s).error();
@@ -266,6 +276,9 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
   };
   auto choose = [&](std::span<const float> logits) { return record(sampler.sample(logits)); };
   auto choose_id = [&](int32_t argmax) { return record(sampler.take_argmax(argmax)); };
+  auto choose_top = [&](std::span<const int32_t> ids, std::span<const float> logits) {
+    return record(sampler.sample_top(ids, logits));
+  };
 
   std::optional<StreamDecoder> decoder;
   if (tokenizer) decoder.emplace(*tokenizer, DecodeOptions{.skip_special = true});
@@ -314,7 +327,10 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
   }
   const Logits after_prompt = session.logits();
   auto first = greedy_ids && !after_prompt.argmax.empty() ? choose_id(after_prompt.argmax.back())
-                                                          : choose(after_prompt.last());
+               : after_prompt.rows == 0 && top_count > 0
+                   ? choose_top(after_prompt.top_ids_of(after_prompt.top_rows() - 1),
+                                after_prompt.top_logits_of(after_prompt.top_rows() - 1))
+                   : choose(after_prompt.last());
   if (!first) return std::move(first).error();
   int32_t pending = *first;
   if (auto s = emit(pending, session.size()); !s) return std::move(s).error();
@@ -349,8 +365,10 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     }
     const int64_t base = session.size();  // pending's position
     emitted.clear();
-    auto accepted = greedy_ids ? verify_drafts_greedy(session, pending, drafts, choose_id, emitted, result.stats.speculative, options.cancel)
-                               : verify_drafts(session, pending, drafts, choose, emitted, result.stats.speculative, options.cancel);
+    SpeculativeStats& stats = result.stats.speculative;
+    auto accepted = greedy_ids      ? verify_drafts_greedy(session, pending, drafts, choose_id, emitted, stats, options.cancel)
+                    : top_count > 0 ? verify_drafts_top(session, pending, drafts, top_count, choose_top, emitted, stats, options.cancel)
+                                    : verify_drafts(session, pending, drafts, choose, emitted, stats, options.cancel);
     if (!accepted) {
       if (accepted.error().code() == Errc::cancelled) {
         result.stop = StopReason::cancelled;

@@ -159,14 +159,14 @@ namespace detail {
 // The products quantize_in_memory considers for `scope`, in order.
 inline std::vector<TensorView*> quantizable_views(ModelTensors& m, QuantizeScope scope) {
   std::vector<TensorView*> views;
-  auto block = [&](DecoderBlockTensors& b) {
+  auto add_block = [&](DecoderBlockTensors& b) {
     for (TensorView* v : {&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj, &b.gate_proj, &b.up_proj, &b.down_proj}) views.push_back(v);
   };
   if (scope == QuantizeScope::model) {
-    for (auto& l : m.layers) block(l);
+    for (auto& l : m.layers) add_block(l);
   }
   for (auto& l : m.mtp_layers) {
-    block(l.block);
+    add_block(l.block);
     views.push_back(&l.input_proj);
   }
   if (scope == QuantizeScope::model && m.lm_head.info != m.embed_tokens.info) views.push_back(&m.lm_head);

@@ -82,6 +82,7 @@
 #include <utility>
 #include <vector>
 
+#include "mimo/backend/backend.hpp"  // max_top_count
 #include "mimo/error.hpp"
 #include "mimo/sampling/candidates.hpp"
 #include "mimo/sampling/distribution.hpp"
@@ -200,6 +201,54 @@ class Sampler {
     return argmax;
   }
 
+  // How many of the largest logits sample()'s token depends on (logit descending, then lower id):
+  // sample() over a vector in which only those are known (sample_top) gives the same token, so a
+  // backend may select them where the logits are (AppendOptions::top) and copy nothing else.
+  // top_k (1 when greedy), plus one per token a penalty or bias may touch: those only lower
+  // logits, so each can push at most one other token into the top k. 0 when sample() needs every
+  // logit: no top_k, a penalty or bias that can raise a logit, or more than max_top_count.
+  int32_t candidates_needed() const {
+    const bool greedy = options_.greedy || options_.temperature == 0.0f;
+    int64_t needed = greedy ? 1 : options_.top_k;
+    if (needed <= 0) return 0;
+    const bool penalised = options_.penalty_window > 0 && (options_.repeat_penalty != 1.0f ||
+                                                           options_.presence_penalty != 0.0f ||
+                                                           options_.frequency_penalty != 0.0f);
+    if (penalised) {
+      if (options_.repeat_penalty < 1.0f || options_.presence_penalty < 0.0f || options_.frequency_penalty < 0.0f) return 0;
+      needed += options_.penalty_window;
+    }
+    for (const TokenBias& entry : options_.logit_bias) {
+      if (entry.bias > 0.0f) return 0;
+      needed += 1;
+    }
+    return needed < vocab_size_ && needed <= max_top_count ? static_cast<int32_t>(needed) : 0;
+  }
+
+  // What sample() returns, given at least candidates_needed() of the largest logits of the vector
+  // it would see, ids ascending (Logits::top_ids_of / top_logits_of); consumes the same draw. Does
+  // not record the token. Errors: candidates_needed() is 0 or more than given; ids -1 (logits
+  // with NaN or +inf, or only -inf, which sample() refuses too); ids out of order or range.
+  Expected<int32_t> sample_top(std::span<const int32_t> ids, std::span<const float> logits) {
+    const int32_t needed = candidates_needed();
+    if (needed == 0) {
+      return Error(Errc::invalid_argument, "sampler: these options need every logit (no top_k, a penalty or bias "
+                                           "that can raise a logit, or more candidates than max_top_count)");
+    }
+    if (!ids.empty() && ids[0] == -1) {
+      return Error(Errc::invalid_argument, "sampling: the logits hold NaN or +inf, or every logit is -inf");
+    }
+    if (ids.size() < static_cast<size_t>(needed)) {
+      return Error(Errc::invalid_argument, "sampler: " + std::to_string(ids.size()) + " candidates given, " +
+                                               std::to_string(needed) + " needed");
+    }
+    Status status = candidates_.assign(ids, logits, vocab_size_);
+    if (status) status = apply_stages(candidates_);
+    if (status) status = sampling::softmax(candidates_, distribution_);
+    if (!status) return std::move(status).error();
+    return sample_from(distribution_);
+  }
+
   // One draw from a distribution (e.g. one built by distribution()) with this sampler's generator.
   Expected<int32_t> sample_from(const Distribution& distribution) { return sampling::draw(distribution, rng_); }
 
@@ -222,8 +271,14 @@ class Sampler {
       return Error(Errc::invalid_argument, "sampler: expected " + std::to_string(vocab_size_) + " logits, got " +
                                                std::to_string(logits.size()));
     }
-    Status status = candidates.assign(logits);
-    if (status) status = sampling::apply_penalties(candidates, window_, penalties_of(options_));
+    if (Status status = candidates.assign(logits); !status) return status;
+    return apply_stages(candidates);
+  }
+
+ private:
+  // The chain after assign: penalties, bias, then greedy or top-k, temperature, top-p, min-p.
+  Status apply_stages(Candidates& candidates) const {
+    Status status = sampling::apply_penalties(candidates, window_, penalties_of(options_));
     if (status) status = sampling::apply_logit_bias(candidates, options_.logit_bias);
     if (!status) return status;
     if (options_.greedy || options_.temperature == 0.0f) return sampling::keep_argmax(candidates);
@@ -234,6 +289,7 @@ class Sampler {
     return status;
   }
 
+ public:
   // Speculative verification with this sampler's generator (see the header comment and
   // mimo/sampling/speculative.hpp). Does not accept the token.
   Expected<DraftVerdict> verify_draft(const Distribution& target, const Distribution& draft, int32_t draft_token) {

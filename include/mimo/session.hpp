@@ -30,6 +30,11 @@ struct AppendOptions {
   // Rows whose greedy choice the backend computes where the logits are (on a GPU: only the ids
   // come back, and .logits = none copies no logits at all): Logits::argmax.
   OutputRows argmax = OutputRows::none;
+  // Rows whose top_count largest logits the backend selects where the logits are (a sampler's
+  // candidates, Sampler::candidates_needed; on a GPU only those come back): Logits::top_ids and
+  // top_logits. top_count in [1, min(vocab_size, max_top_count)] when top is not none.
+  OutputRows top = OutputRows::none;
+  int32_t top_count = 0;
 };
 
 // Logits of the rows of one forward pass, row-major [rows, vocab], in host memory. A view into the
@@ -42,7 +47,17 @@ struct Logits {
   // index of the largest logit (the first on ties), or -1 where a row holds NaN or +inf, or only
   // -inf (the rows a sampler refuses). Empty for MTP logits.
   std::span<const int32_t> argmax = {};
+  // For the rows AppendOptions::top selected (the last top_rows() rows of the append), top_count
+  // entries per row: the ids and logits of its top_count largest logits (logit descending, then
+  // lower id; -0 == +0), in ascending id order. A row a sampler refuses (NaN or +inf, or only
+  // -inf) has ids -1. Empty for MTP logits.
+  int32_t top_count = 0;
+  std::span<const int32_t> top_ids = {};
+  std::span<const float> top_logits = {};
   std::span<float> row(int64_t i) const { return {data + i * vocab, static_cast<size_t>(vocab)}; }
+  int64_t top_rows() const { return top_count > 0 ? static_cast<int64_t>(top_ids.size()) / top_count : 0; }
+  std::span<const int32_t> top_ids_of(int64_t i) const { return top_ids.subspan(static_cast<size_t>(i * top_count), static_cast<size_t>(top_count)); }
+  std::span<const float> top_logits_of(int64_t i) const { return top_logits.subspan(static_cast<size_t>(i * top_count), static_cast<size_t>(top_count)); }
   std::span<float> last() const { return row(rows - 1); }
 };
 
@@ -100,7 +115,9 @@ class Session {
   int64_t batch() const { return batch_; }
 
   // The logits (and argmax ids) of the main model's last forward pass (a mutable view).
-  Logits logits() { return Logits{logits_host_.data(), logits_rows_, model_.config().vocab_size, argmax_}; }
+  Logits logits() {
+    return Logits{logits_host_.data(), logits_rows_, model_.config().vocab_size, argmax_, top_count_, top_ids_, top_logits_};
+  }
   // The logits of the last MTP batch (kept apart, so drafting never replaces the main logits), over
   // the token ids below Model::draft_vocab().
   Logits mtp_logits() { return Logits{mtp_logits_buf_.data(), mtp_logits_rows_, model_.draft_vocab()}; }
@@ -207,6 +224,13 @@ class Session {
     }
     return ok();
   }
+  // Forgets the argmax ids and top selections of the last append.
+  void clear_selections() {
+    argmax_.clear();
+    top_count_ = 0;
+    top_ids_.clear();
+    top_logits_.clear();
+  }
   Status ensure_hidden(int64_t rows) {
     auto r = B::rows(hidden_buf_, rows, model_.config().hidden_size, "hidden states");
     if (!r) return std::move(r).error();
@@ -231,6 +255,9 @@ class Session {
   std::span<float> logits_host_;
   int64_t logits_rows_ = 0;
   std::vector<int32_t> argmax_;          // of the last append's AppendOptions::argmax rows
+  int32_t top_count_ = 0;                // and of its AppendOptions::top rows
+  std::vector<int32_t> top_ids_;
+  std::vector<float> top_logits_;
   mimo::detail::AlignedBuffer<float> mtp_logits_buf_;
   int64_t mtp_logits_rows_ = 0;
   std::vector<MtpState> mtp_;
@@ -252,17 +279,26 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
   }
   const auto trailing = [n](OutputRows r) { return r == OutputRows::all ? n : r == OutputRows::last ? std::min<int64_t>(n, 1) : 0; };
   const int64_t logit_rows = trailing(options.logits), hidden_rows = trailing(options.hidden);
-  const int64_t argmax_rows = trailing(options.argmax);
-  const int64_t computed_rows = std::max(logit_rows, argmax_rows);  // the rows through lm_head
+  const int64_t argmax_rows = trailing(options.argmax), top_rows = trailing(options.top);
+  if (top_rows > 0 && (options.top_count < 1 || options.top_count > std::min<int64_t>(c.vocab_size, max_top_count))) {
+    return Error(Errc::invalid_argument, "append: top_count " + std::to_string(options.top_count) + " is not in [1, " +
+                                             std::to_string(std::min<int64_t>(c.vocab_size, max_top_count)) + "]");
+  }
+  const int64_t computed_rows = std::max({logit_rows, argmax_rows, top_rows});  // the rows through lm_head
   if (auto st = ensure_logits(logit_rows); !st) return std::move(st).error();
   if (auto st = ensure_hidden(hidden_rows); !st) return std::move(st).error();
   auto logits_dev = B::rows(logits_dev_buf_, std::min(computed_rows, batch_), c.vocab_size, "logits");
   if (!logits_dev) return std::move(logits_dev).error();
   argmax_.assign(static_cast<size_t>(argmax_rows), -1);
+  top_count_ = top_rows > 0 ? options.top_count : 0;
+  const size_t top_size = static_cast<size_t>(top_rows) * static_cast<size_t>(top_count_);
+  top_ids_.assign(top_size, -1);
+  top_logits_.assign(top_size, 0.0f);
 
   const int64_t start = size();
   hidden_position_ = start + n - hidden_rows;
   const int64_t keep_from = n - hidden_rows, logits_from = n - logit_rows, argmax_from = n - argmax_rows;
+  const int64_t top_from = n - top_rows;
   for (int64_t first = 0; first < n; first += batch_) {
     const int64_t m = std::min(batch_, n - first);
     const int64_t pos0 = start + first;
@@ -271,10 +307,11 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
     Activations<B>& a = act_.with_rows(m);
     const Rows chunk_hidden{chunk_hidden_buf_.data(), m, c.hidden_size, c.hidden_size};
     // Keep the requested hidden rows and compute the requested logits of this chunk: rows
-    // [c0, end) through lm_head, of which [l0, end) come to the host and [a0, end) get an argmax.
+    // [c0, end) through lm_head, of which [l0, end) come to the host, [a0, end) get an argmax and
+    // [t0, end) a top selection.
     const int64_t end = first + m;
     const int64_t h0 = std::max(first, keep_from), c0 = std::max(first, n - computed_rows);
-    const int64_t l0 = std::max(first, logits_from), a0 = std::max(first, argmax_from);
+    const int64_t l0 = std::max(first, logits_from), a0 = std::max(first, argmax_from), t0 = std::max(first, top_from);
     const Rows out{logits_dev->data, std::max<int64_t>(end - c0, 0), c.vocab_size, c.vocab_size};
     // One forward pass, enqueued as a unit (a GPU backend may replay it as a graph).
     Status st = B::forward(ctx_, [&](typename B::Context& x) -> Status {
@@ -283,16 +320,22 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
       if (h0 < end) B::copy_rows(x, chunk_hidden.slice(h0 - first, end - h0), hidden_.slice(h0 - keep_from, end - h0));
       if (c0 < end) B::linear(x, chunk_hidden.slice(c0 - first, end - c0), {{&w.lm_head, nullptr, out}});
       if (a0 < end) B::argmax_rows(x, out.slice(a0 - c0, end - a0));
+      if (t0 < end) B::top_rows(x, out.slice(t0 - c0, end - t0), top_count_);
       return ok();
     });
     if (st && l0 < end) st = B::to_host(ctx_, out.slice(l0 - c0, end - l0), logits_host_.data() + (l0 - logits_from) * c.vocab_size);
     if (st && a0 < end) {
       st = B::read_argmax(ctx_, std::span<int32_t>(argmax_).subspan(static_cast<size_t>(a0 - argmax_from), static_cast<size_t>(end - a0)));
     }
+    if (st && t0 < end) {
+      const size_t at = static_cast<size_t>(t0 - top_from) * static_cast<size_t>(top_count_);
+      const size_t size = static_cast<size_t>(end - t0) * static_cast<size_t>(top_count_);
+      st = B::read_top(ctx_, std::span<int32_t>(top_ids_).subspan(at, size), std::span<float>(top_logits_).subspan(at, size));
+    }
     if (!st) {
       tokens_.resize(static_cast<size_t>(start));  // drop earlier chunks too: the session is unchanged
       logits_rows_ = 0;
-      argmax_.clear();
+      clear_selections();
       return std::move(st).error();
     }
     tokens_.insert(tokens_.end(), tokens.begin() + first, tokens.begin() + first + m);
@@ -397,6 +440,9 @@ Expected<Session<B>> Session<B>::copy() const {
   std::copy(logits_host_.begin(), logits_host_.begin() + logits_rows_ * model_.config().vocab_size, s.logits_host_.begin());
   s.logits_rows_ = logits_rows_;
   s.argmax_ = argmax_;
+  s.top_count_ = top_count_;
+  s.top_ids_ = top_ids_;
+  s.top_logits_ = top_logits_;
   s.mtp_.resize(mtp_.size());
   for (size_t k = 0; k < mtp_.size(); ++k) {
     if (!mtp_[k].allocated) continue;
@@ -599,7 +645,7 @@ Status Session<B>::restore(std::span<const std::byte> state) {
   tokens_ = std::move(tokens);
   if (*logits_rows) std::memcpy(logits_host_.data(), logits->data(), logits->size());
   logits_rows_ = static_cast<int64_t>(*logits_rows);
-  argmax_.clear();  // not part of the saved state
+  clear_selections();  // not part of the saved state
   if (*hidden_rows) {
     detail::ByteReader hr(*hidden, what);
     if (auto s = B::rows_load(hidden_, hr); !s) return s;

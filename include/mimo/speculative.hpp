@@ -52,11 +52,17 @@ struct SpeculativeStats {
 
 namespace detail {
 
+// What a verification pass brings back per row: its logits, the backend's argmax, or the backend's
+// selection of its top_count largest logits.
+struct RowOutput {
+  enum Kind { logits, argmax, top } kind = logits;
+  int32_t top_count = 0;
+};
+
 // One verification pass (see verify_drafts): `choose(const Logits&, row)` picks the token of row
-// `row` of the pass's outputs, which are greedy ids (Logits::argmax) when `greedy_ids`, else
-// logits.
+// `row` of the pass's outputs, of the kind `output` names.
 template <class B, class Choose>
-Expected<int> verify_pass(Session<B>& session, int32_t pending, std::span<const int32_t> drafts, bool greedy_ids,
+Expected<int> verify_pass(Session<B>& session, int32_t pending, std::span<const int32_t> drafts, RowOutput output,
                           Choose&& choose, std::vector<int32_t>& emitted, SpeculativeStats& stats,
                           const std::atomic<bool>* cancel) {
   const int64_t start = session.size();
@@ -65,12 +71,17 @@ Expected<int> verify_pass(Session<B>& session, int32_t pending, std::span<const 
   input.push_back(pending);
   input.insert(input.end(), drafts.begin(), drafts.end());
   const OutputRows rows = drafts.empty() ? OutputRows::last : OutputRows::all;
-  auto logits = session.append(input, {.logits = greedy_ids ? OutputRows::none : rows,
+  const auto rows_if = [rows, output](RowOutput::Kind kind) { return output.kind == kind ? rows : OutputRows::none; };
+  auto logits = session.append(input, {.logits = rows_if(RowOutput::logits),
                                        .hidden = rows,
                                        .cancel = cancel,
-                                       .argmax = greedy_ids ? rows : OutputRows::none});
+                                       .argmax = rows_if(RowOutput::argmax),
+                                       .top = rows_if(RowOutput::top),
+                                       .top_count = output.top_count});
   if (!logits) return std::move(logits).error();
-  const int64_t count = greedy_ids ? static_cast<int64_t>(logits->argmax.size()) : logits->rows;
+  const int64_t count = output.kind == RowOutput::argmax ? static_cast<int64_t>(logits->argmax.size())
+                        : output.kind == RowOutput::top  ? logits->top_rows()
+                                                         : logits->rows;
   int accepted = 0;
   for (int64_t row = 0; row < count; ++row) {
     auto token = choose(*logits, row);
@@ -105,7 +116,7 @@ Expected<int> verify_drafts(Session<B>& session, int32_t pending, std::span<cons
                             std::vector<int32_t>& emitted, SpeculativeStats& stats,
                             const std::atomic<bool>* cancel = nullptr) {
   return detail::verify_pass(
-      session, pending, drafts, false, [&](const Logits& logits, int64_t row) { return choose(logits.row(row)); }, emitted,
+      session, pending, drafts, {}, [&](const Logits& logits, int64_t row) { return choose(logits.row(row)); }, emitted,
       stats, cancel);
 }
 
@@ -117,7 +128,21 @@ Expected<int> verify_drafts_greedy(Session<B>& session, int32_t pending, std::sp
                                    std::vector<int32_t>& emitted, SpeculativeStats& stats,
                                    const std::atomic<bool>* cancel = nullptr) {
   return detail::verify_pass(
-      session, pending, drafts, true, [&](const Logits& logits, int64_t row) { return choose(logits.argmax[row]); },
+      session, pending, drafts, {.kind = detail::RowOutput::argmax},
+      [&](const Logits& logits, int64_t row) { return choose(logits.argmax[row]); }, emitted, stats, cancel);
+}
+
+// The same pass with the backend's selection of each row's `top_count` largest logits instead of
+// all of them (Sampler::candidates_needed): `choose(std::span<const int32_t> ids, std::span<const
+// float> logits) -> Expected<int32_t>` takes a row's selection (Logits::top_ids_of, ids -1 for
+// logits a sampler refuses), e.g. through Sampler::sample_top.
+template <class B, class Choose>
+Expected<int> verify_drafts_top(Session<B>& session, int32_t pending, std::span<const int32_t> drafts, int32_t top_count,
+                                Choose&& choose, std::vector<int32_t>& emitted, SpeculativeStats& stats,
+                                const std::atomic<bool>* cancel = nullptr) {
+  return detail::verify_pass(
+      session, pending, drafts, {.kind = detail::RowOutput::top, .top_count = top_count},
+      [&](const Logits& logits, int64_t row) { return choose(logits.top_ids_of(row), logits.top_logits_of(row)); },
       emitted, stats, cancel);
 }
 

@@ -45,6 +45,14 @@
 //     read_argmax(ctx, span<int32_t> out) -> Status   the first out.size() ids of the last argmax_rows; a
 //                                                     synchronisation point (greedy selection without
 //                                                     copying the logits)
+//     top_rows(ctx, x, count)                         per row, its `count` largest values (value descending,
+//                                                     -0 == +0, then lower index), in ascending index order;
+//                                                     ids -1 for a row with NaN or +inf, or only -inf;
+//                                                     1 <= count <= min(width, max_top_count)
+//     read_top(ctx, span<int32_t> ids, span<float> values) -> Status
+//                                                     the first ids.size() / count rows of the last top_rows; a
+//                                                     synchronisation point (a sampler's candidates without
+//                                                     copying the logits)
 //   fused ops (optional: where a backend lacks one, the model runs the plain ops it stands for;
 //   a backend that fuses may leave the scratch rows named below unwritten)
 //     rms_norm_linear(ctx, x, weight, eps, normed, span<LinearOp>)
@@ -86,6 +94,9 @@ enum class OutputRows {
   last,  // only the last new row (plain decoding)
   all,   // every new row (verification of draft tokens, scoring)
 };
+
+// The most entries top_rows selects per row (a sampler's top-k plus its penalty window).
+inline constexpr int32_t max_top_count = 4096;
 
 // The dimensions the ops need, fixed per model.
 struct AttentionShape {

@@ -56,6 +56,29 @@ class Candidates {
     return ok();
   }
 
+  // Takes a part of a vocabulary of `vocab_size` tokens as the candidates: `ids` strictly
+  // ascending in [0, vocab_size), `logits` parallel to them (e.g. the largest logits a backend
+  // selected, Logits::top_ids). Errors: as assign(logits), and ids out of order or range.
+  Status assign(std::span<const int32_t> ids, std::span<const float> logits, int32_t vocab_size) {
+    if (ids.size() != logits.size()) {
+      return Error(Errc::invalid_argument, "sampling: " + std::to_string(ids.size()) + " candidate ids for " +
+                                               std::to_string(logits.size()) + " logits");
+    }
+    if (ids.empty()) return Error(Errc::invalid_argument, "sampling: no candidates");
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] >= vocab_size || (i > 0 && ids[i] <= ids[i - 1])) {
+        return Error(Errc::invalid_argument, "sampling: candidate id " + std::to_string(ids[i]) + " at " +
+                                                 std::to_string(i) + " is out of order or outside the vocabulary of " +
+                                                 std::to_string(vocab_size));
+      }
+    }
+    if (Status valid = check_logits(logits, ids); !valid) return valid;
+    vocab_size_ = vocab_size;
+    ids_.assign(ids.begin(), ids.end());
+    logits_.assign(logits.begin(), logits.end());
+    return ok();
+  }
+
   size_t size() const { return ids_.size(); }
   bool empty() const { return ids_.empty(); }
   // The length of the logits vector last assigned: token ids lie in [0, vocab_size()).

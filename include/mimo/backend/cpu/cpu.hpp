@@ -68,6 +68,9 @@ struct Cpu {
     cpu::RopeTable rope_table;
     cpu::KvType kv_type = cpu::KvType::f32;
     std::vector<int32_t> argmax;  // of the last argmax_rows
+    std::vector<int32_t> top_ids;  // of the last top_rows, `count` per row
+    std::vector<float> top_values;
+    cpu::TopScratch top_scratch;
   };
 
   struct LinearOp {
@@ -245,6 +248,28 @@ struct Cpu {
                                                std::to_string(c.argmax.size()) + " computed");
     }
     std::copy(c.argmax.begin(), c.argmax.begin() + static_cast<std::ptrdiff_t>(out.size()), out.begin());
+    return ok();
+  }
+
+  // Per row, its `count` largest values in ascending index order (ids -1 for a row a sampler
+  // refuses); read back with read_top.
+  static void top_rows(Context& c, const Rows& x, int32_t count) {
+    const size_t size = static_cast<size_t>(std::max<int64_t>(x.count, 0)) * static_cast<size_t>(count);
+    c.top_ids.resize(size);
+    c.top_values.resize(size);
+    for (int64_t i = 0; i < x.count; ++i) {
+      const size_t at = static_cast<size_t>(i) * static_cast<size_t>(count);
+      (void)cpu::top_or_invalid(x.row(i), x.width, count, c.top_ids.data() + at, c.top_values.data() + at, c.top_scratch);
+    }
+  }
+  static Status read_top(Context& c, std::span<int32_t> ids, std::span<float> values) {
+    if (ids.size() != values.size() || ids.size() > c.top_ids.size()) {
+      return Error(Errc::invalid_argument, "read_top: " + std::to_string(ids.size()) + " ids and " +
+                                               std::to_string(values.size()) + " values asked, " +
+                                               std::to_string(c.top_ids.size()) + " computed");
+    }
+    std::copy_n(c.top_ids.begin(), ids.size(), ids.begin());
+    std::copy_n(c.top_values.begin(), values.size(), values.begin());
     return ok();
   }
 

@@ -12,6 +12,7 @@
 #include "mimo/backend/backend.hpp"
 #include "mimo/backend/cpu/matvec.hpp"
 #include "mimo/backend/cpu/thread_pool.hpp"
+#include "mimo/detail/sampler_select.hpp"
 #include "mimo/dtype.hpp"
 
 namespace mimo::cpu {
@@ -200,6 +201,37 @@ inline int32_t argmax_or_invalid(const float* x, int64_t n) {
     }
   }
   return invalid ? -1 : static_cast<int32_t>(at);
+}
+
+// Buffers top_or_invalid reuses between rows.
+struct TopScratch {
+  std::vector<uint64_t> heap;
+  std::vector<uint32_t> positions;
+};
+
+// The `count` largest of x[0, n) in the sampler's order (value descending, -0 == +0, then lower
+// index), written in ascending index order to ids and values; false, with ids all -1, when x holds
+// NaN or +inf, or nothing above -inf. 1 <= count <= n.
+inline bool top_or_invalid(const float* x, int64_t n, int32_t count, int32_t* ids, float* values, TopScratch& scratch) {
+  const std::span<const float> row(x, static_cast<size_t>(n));
+  const size_t k = static_cast<size_t>(count);
+  bool valid = true;
+  if (k < row.size()) {
+    valid = mimo::detail::select_top_k(row, k, scratch.heap, scratch.positions);
+  } else {
+    valid = !mimo::detail::check_logits(row).any_invalid;
+    scratch.positions.resize(k);
+    for (size_t i = 0; i < k; ++i) scratch.positions[i] = static_cast<uint32_t>(i);
+  }
+  bool any_finite = false;
+  for (size_t j = 0; valid && j < k; ++j) {
+    ids[j] = static_cast<int32_t>(scratch.positions[j]);
+    values[j] = row[scratch.positions[j]];
+    any_finite |= values[j] > -std::numeric_limits<float>::infinity();
+  }
+  if (valid && any_finite) return true;
+  std::fill(ids, ids + count, -1);
+  return false;
 }
 
 }  // namespace mimo::cpu
