@@ -337,6 +337,24 @@ int main(int argc, char** argv) {
       row("generate(), greedy via logits to host", fmt("%.1f tok/s", g.stats.decode_tokens_per_second()),
           std::string("decode phase, host sampler over 151,680 logits; same tokens: ") + (g.tokens == plain.tokens ? "yes" : "NO"));
     }
+    // Sampled decoding (temperature 0.7, top_k 40, top_p 0.95, a repeat penalty over 64 tokens):
+    // the device's selection of the 104 largest logits (Sampler::candidates_needed) against every
+    // logit copied to the host; the same seed gives the same tokens both ways.
+    std::vector<int32_t> sampled[2];
+    for (bool selection : {true, false}) {
+      auto s = must(model.new_session({.context = context, .batch = 64}), "session");
+      auto sam = must(mimo::Sampler::create({.temperature = 0.7f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.1f, .seed = 1},
+                                            static_cast<int32_t>(V)),
+                      "sampler");
+      auto g = must(mimo::generate(s, prompt, sam, {.max_tokens = decode, .default_stop_tokens = false, .mtp_depth = 0,
+                                                    .backend_selection = selection}),
+                    "generate");
+      sampled[selection ? 0 : 1] = g.tokens;
+      row(std::string("generate(), sampled, ") + (selection ? "device selection" : "logits to host"),
+          fmt("%.1f tok/s", g.stats.decode_tokens_per_second()),
+          selection ? fmt("%.0f ids and logits a token come back", static_cast<double>(sam.candidates_needed()))
+                    : std::string("host sampler over 151,680 logits; same tokens: ") + (g.tokens == sampled[0] ? "yes" : "NO"));
+    }
     for (int64_t depth : depths) {
       if (depth < 1 || depth > 16) continue;
       mimo::ReplayDrafter<mimo::Cuda> replay(continuation, prompt_len, 1.0, static_cast<int32_t>(V));

@@ -22,6 +22,7 @@
 #endif
 
 #include "mimo/backend/cuda/argmax.cuh"
+#include "mimo/backend/cuda/top.cuh"
 #include "mimo/backend/cuda/attention.cuh"
 #include "mimo/backend/cuda/elementwise.cuh"
 #include "mimo/backend/cuda/embed.cuh"

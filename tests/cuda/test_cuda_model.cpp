@@ -508,6 +508,39 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
   }
 }
 
+TEST_CASE("cuda sampling: the device's selection of the largest logits gives the tokens of the full sampler") {
+  const auto config = test::small_config(300, 64, 2, 4, 2, 16, 96, 2);
+  test::TempDir dir;
+  test::synthesize(dir.path(), config, 22);
+  const auto model = load<Cuda>(dir.path());
+  const auto prompt = test::random_tokens(30, config.vocab_size, 10);
+  const auto V = static_cast<int32_t>(config.vocab_size);
+  // generate() with the selection (top_k plus the penalty window come back) against generate()
+  // copying every logit, with and without drafting, plain and fused kernels.
+  for (bool fuse : {false, true}) {
+    for (int depth : {0, 2}) {
+      CAPTURE(fuse);
+      CAPTURE(depth);
+      std::vector<int32_t> tokens[2];
+      for (bool selection : {true, false}) {
+        auto s = session_of(model, 512, 64, {.fuse_kernels = fuse, .programmatic_launch = fuse});
+        auto sampler = mimo::Sampler::create(
+            {.temperature = 1.2f, .top_k = 30, .top_p = 0.95f, .repeat_penalty = 1.3f, .penalty_window = 8, .seed = 4}, V);
+        REQUIRE(sampler.has_value());
+        REQUIRE(sampler->candidates_needed() == 38);
+        auto g = mimo::generate(s, prompt, *sampler,
+                                {.max_tokens = 80, .default_stop_tokens = false, .mtp_depth = depth,
+                                 .commit_last = false, .backend_selection = selection});
+        REQUIRE_MESSAGE(g.has_value(), (g ? "" : g.error().describe()));
+        CHECK((s.logits().top_rows() > 0) == selection);  // which path the last pass took
+        tokens[selection ? 0 : 1] = g->tokens;
+      }
+      CHECK(tokens[0] == tokens[1]);
+      CHECK(tokens[0].size() == 80);
+    }
+  }
+}
+
 // Host-side checks that need no GPU: cuda_main.cpp runs this suite on machines without one.
 TEST_CASE("cuda host: KV cache types: i8 is refused by name, estimates count the type's bytes" * doctest::test_suite("cuda host")) {
   const mimo::AttentionShape shape{4, 2, 16, 10000.0};

@@ -610,6 +610,66 @@ TEST_CASE("cuda ops: gather_rows, copy_rows, to_host, argmax") {
   CHECK(cpu_ids == ids);
 }
 
+TEST_CASE("cuda ops: top_rows selects what the CPU backend selects, ids and value bits") {
+  Contexts ctx(kNoAttention, 16);
+  constexpr int64_t V = 151680;
+  const int64_t n = 9;
+  std::vector<float> logits = random_values(static_cast<size_t>(n * V), 13);
+  auto at = [&](int64_t r, int64_t c) -> float& { return logits[static_cast<size_t>(r * V + c)]; };
+  for (int64_t c = 0; c < V; c += 3) at(0, c) = std::round(at(0, c));  // many ties across the boundary
+  for (int64_t c = 0; c < V; ++c) at(1, c) = (c % 2) ? 0.0f : -0.0f;     // -0 == +0: the lowest ids
+  at(1, 777) = 1.0f;
+  for (int64_t c = 0; c < V; ++c) at(2, c) = at(3, c) = -INFINITY;    // all -inf; -inf fills the count
+  at(3, 1234) = -5.0f;
+  at(3, 99) = -7.0f;
+  at(4, 10) = 1e6f;
+  at(4, 500) = NAN;  // NaN outside the selection still refuses the row
+  at(5, 3) = INFINITY;
+  for (int64_t c = 0; c < V; ++c) at(6, c) = 2.5f;  // one value
+  at(7, V - 1) = 1e6f;  // the last column; row 8 stays random
+  DeviceRows l(n, V);
+  l.upload(logits);
+  HostRows h(n, V);
+  h.upload(logits);
+  for (int32_t count : {1, 2, 40, 104, 4096}) {
+    CAPTURE(count);
+    const size_t size = static_cast<size_t>(n * count);
+    std::vector<int32_t> ids(size), cpu_ids(size);
+    std::vector<float> values(size), cpu_values(size);
+    Cuda::top_rows(ctx.gpu, l.rows, count);
+    cuda_test::require_ok(Cuda::read_top(ctx.gpu, ids, values));
+    Cpu::top_rows(ctx.cpu, h.rows, count);
+    cuda_test::require_ok(Cpu::read_top(ctx.cpu, cpu_ids, cpu_values));
+    CHECK(ids == cpu_ids);
+    for (size_t i = 0; i < size; ++i) {
+      if (cpu_ids[i] >= 0) CHECK(std::memcmp(&values[i], &cpu_values[i], sizeof(float)) == 0);
+    }
+    for (int64_t r : {2, 4, 5}) CHECK(ids[static_cast<size_t>(r * count)] == -1);
+    CHECK(ids[static_cast<size_t>(3 * count)] == (count == 1 ? 1234 : count == 2 ? 99 : 0));
+  }
+  // Narrow rows, the count equal to the width, and a count out of range (reported at the read).
+  DeviceRows narrow(3, 77, 80);
+  const auto small = random_values(static_cast<size_t>(3 * 80), 14);
+  narrow.upload(small);
+  HostRows narrow_host(3, 77, 80);
+  narrow_host.upload(small);
+  for (int32_t count : {1, 5, 77}) {
+    CAPTURE(count);
+    std::vector<int32_t> ids(static_cast<size_t>(3 * count)), cpu_ids(ids.size());
+    std::vector<float> values(ids.size()), cpu_values(ids.size());
+    Cuda::top_rows(ctx.gpu, narrow.rows, count);
+    cuda_test::require_ok(Cuda::read_top(ctx.gpu, ids, values));
+    Cpu::top_rows(ctx.cpu, narrow_host.rows, count);
+    cuda_test::require_ok(Cpu::read_top(ctx.cpu, cpu_ids, cpu_values));
+    CHECK(ids == cpu_ids);
+    CHECK(values == cpu_values);
+  }
+  Cuda::top_rows(ctx.gpu, narrow.rows, 78);
+  std::vector<int32_t> ids(1);
+  std::vector<float> values(1);
+  CHECK_FALSE(Cuda::read_top(ctx.gpu, ids, values));
+}
+
 TEST_CASE("cuda ops: a bad op is reported at the next synchronisation, then the context works again") {
   Contexts ctx(kNoAttention, 16);
   DeviceRows a(2, 10), b(3, 10);

@@ -77,7 +77,7 @@ inline constexpr int kUploadKinds = 4;
 
 // Op codes in graph signatures.
 enum class OpCode : int64_t { embed = 1, rms_norm, gemv, split, gemm, bias, rope, silu_mul, kv_store, decode, prefill,
-                              gather, copy, argmax, gemv_norm, rope_store };
+                              gather, copy, argmax, gemv_norm, rope_store, top };
 
 }  // namespace cuda::detail
 
@@ -174,6 +174,11 @@ struct Cuda {
     cuda::DeviceBuffer<int32_t> argmax;  // device-side argmax results
     cuda::PinnedBuffer<int32_t> argmax_host;
     int64_t argmax_rows = 0;
+    cuda::DeviceBuffer<int32_t> top_ids;  // device-side top selections, top_count per row
+    cuda::DeviceBuffer<float> top_values;
+    cuda::PinnedBuffer<int32_t> top_ids_host;
+    cuda::PinnedBuffer<float> top_values_host;
+    int64_t top_entries = 0;  // of the last top_rows
 
     // Eager uploads of per-call host data: a ring of pinned host and device memory. When it
     // wraps, the host waits for the last copy, so no slot is rewritten while it is still read.
@@ -802,6 +807,51 @@ struct Cuda {
                                                std::to_string(c.argmax_rows) + " computed");
     }
     std::copy(c.argmax_host.data(), c.argmax_host.data() + out.size(), out.begin());
+    return ok();
+  }
+
+  // Enqueues the selection of each row's `count` largest values (read back with read_top).
+  static void top_rows(Context& c, const Rows& x, int32_t count) {
+    Op op(c, "top");
+    if (!op) return;
+    if (x.count <= 0) return;
+    if (count < 1 || count > std::min<int64_t>(x.width, max_top_count)) {
+      return fail(c, Error(Errc::invalid_argument, "top: count " + std::to_string(count) + " is not in [1, min(" +
+                                                       std::to_string(x.width) + ", max_top_count)]"));
+    }
+    const uint64_t n = static_cast<uint64_t>(x.count) * static_cast<uint64_t>(count);
+    if (!scratch(c, c.top_ids, n, "top ids") || !scratch(c, c.top_values, n, "top values")) return;
+    if (c.top_ids_host.size() < n || c.top_values_host.size() < n) {
+      if (c.mode == Mode::capture) return fail(c, Error(Errc::backend, "top results: cannot grow during graph capture"));
+      if (auto s = c.top_ids_host.allocate(n, "top ids"); !s) return fail(c, std::move(s).error());
+      if (auto s = c.top_values_host.allocate(n, "top values"); !s) return fail(c, std::move(s).error());
+    }
+    c.top_entries = static_cast<int64_t>(n);
+    note(c, {code(cuda::detail::OpCode::top), count, cuda::detail::addr(c.top_ids.data()),
+             cuda::detail::addr(c.top_values.data()), cuda::detail::addr(c.top_ids_host.data()),
+             cuda::detail::addr(c.top_values_host.data())});
+    note_rows(c, x);
+    if (c.mode == Mode::dry) return;
+    if (!launched(c, cuda::launch::top_rows(c.stream, x, count, c.top_ids.data(), c.top_values.data()), "top")) return;
+    if (!launched(c, cudaMemcpyAsync(c.top_ids_host.data(), c.top_ids.data(), n * sizeof(int32_t), cudaMemcpyDeviceToHost, c.stream),
+                  "top (copy)")) {
+      return;
+    }
+    launched(c, cudaMemcpyAsync(c.top_values_host.data(), c.top_values.data(), n * sizeof(float), cudaMemcpyDeviceToHost, c.stream),
+             "top (copy)");
+  }
+
+  // Waits for the stream and returns the first ids.size() entries of the last top_rows.
+  static Status read_top(Context& c, std::span<int32_t> ids, std::span<float> values) {
+    if (c.mode != Mode::eager) return Error(Errc::invalid_argument, "read_top: not allowed inside Cuda::forward");
+    if (auto s = synchronize(c); !s) return s;
+    if (ids.size() != values.size() || static_cast<int64_t>(ids.size()) > c.top_entries) {
+      return Error(Errc::invalid_argument, "read_top: " + std::to_string(ids.size()) + " ids and " +
+                                               std::to_string(values.size()) + " values asked, " +
+                                               std::to_string(c.top_entries) + " computed");
+    }
+    std::copy_n(c.top_ids_host.data(), ids.size(), ids.begin());
+    std::copy_n(c.top_values_host.data(), values.size(), values.begin());
     return ok();
   }
 

@@ -146,5 +146,10 @@ cudaError_t attention_prefill(cudaStream_t stream, const AttentionArgs& a);
 // out[i] = index of the largest value of row i (the first one on ties).
 cudaError_t argmax_rows(cudaStream_t stream, const Rows& x, int32_t* out);
 
+// Per row, its `count` largest values (value descending, -0 == +0, then lower index) in ascending
+// index order: ids[r * count + j], values[r * count + j]; ids -1 for a row with NaN or +inf, or only
+// -inf. 1 <= count <= min(width, max_top_count).
+cudaError_t top_rows(cudaStream_t stream, const Rows& x, int32_t count, int32_t* ids, float* values);
+
 }  // namespace launch
 }  // namespace mimo::cuda
