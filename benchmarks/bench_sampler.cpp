@@ -10,7 +10,9 @@
 // Each repetition times one sample() on one Sampler (buffers warm; accept() follows, untimed, so
 // the penalty window is full). Reported: median and 90th-percentile microseconds, the size of the
 // final distribution, and a checksum of the drawn tokens: a result check, identical from run to
-// run, that changes if the draws do.
+// run, that changes if the draws do. A second table times the configurations that depend only on
+// the largest logits from those alone (Sampler::sample_top), as when a backend selects them.
+#include <mimo/backend/cpu/ops.hpp>
 #include <mimo/sampler.hpp>
 
 #include <algorithm>
@@ -88,6 +90,53 @@ Result measure(const mimo::SamplerOptions& options, const std::vector<float>& lo
   return result;
 }
 
+// The same loop over the candidates_needed() largest logits (Sampler::sample_top), selected once
+// as a backend selects them (AppendOptions::top): what the host pays when only they come back.
+// The checksum equals measure()'s when the tokens are the same.
+Result measure_top(const mimo::SamplerOptions& options, const std::vector<float>& logits, int repetitions) {
+  mimo::Expected<mimo::Sampler> sampler = mimo::Sampler::create(options, vocab_size);
+  if (!sampler || sampler->candidates_needed() == 0) std::exit(1);
+  const int32_t count = sampler->candidates_needed();
+  std::vector<int32_t> ids(static_cast<size_t>(count));
+  std::vector<float> values(ids.size());
+  mimo::cpu::TopScratch scratch;
+  if (!mimo::cpu::top_or_invalid(logits.data(), vocab_size, count, ids.data(), values.data(), scratch)) std::exit(1);
+  Result result;
+  std::vector<double> times;
+  const int warmup = std::max(1, repetitions / 20);
+  for (int i = 0; i < warmup + repetitions; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    mimo::Expected<int32_t> token = sampler->sample_top(ids, values);
+    const auto stop = std::chrono::steady_clock::now();
+    if (!token || !sampler->accept(*token)) std::exit(1);
+    if (i < warmup) continue;
+    times.push_back(std::chrono::duration<double, std::micro>(stop - start).count());
+    result.checksum = result.checksum * 1000003u + static_cast<uint64_t>(*token);
+  }
+  std::sort(times.begin(), times.end());
+  result.median_us = times[times.size() / 2];
+  result.p90_us = times[times.size() * 9 / 10];
+  result.kept = static_cast<size_t>(count);
+  return result;
+}
+
+// The CPU backend's selection of the `count` largest of the logits (Cpu::top_rows, per row).
+double measure_selection(const std::vector<float>& logits, int32_t count, int repetitions) {
+  std::vector<int32_t> ids(static_cast<size_t>(count));
+  std::vector<float> values(ids.size());
+  mimo::cpu::TopScratch scratch;
+  std::vector<double> times;
+  for (int i = 0; i < repetitions; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const bool valid = mimo::cpu::top_or_invalid(logits.data(), vocab_size, count, ids.data(), values.data(), scratch);
+    const auto stop = std::chrono::steady_clock::now();
+    if (!valid) std::exit(1);
+    times.push_back(std::chrono::duration<double, std::micro>(stop - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
 // The floor every configuration pays: copying the logits into the candidate buffer.
 double measure_assign(const std::vector<float>& logits, int repetitions) {
   mimo::Candidates candidates;
@@ -150,5 +199,22 @@ int main(int argc, char** argv) {
   }
   std::printf("\nfloor: Candidates::assign (validate + copy 151,680 logits): %.1f us\n",
               measure_assign(peaked, repetitions));
+
+  // The configurations whose token depends only on the largest logits, from those alone.
+  std::printf("\nthe same from the candidates_needed() largest logits (Sampler::sample_top), and their selection\n"
+              "by the CPU backend (cpu::top_or_invalid; on a GPU the device selects them)\n\n");
+  std::printf("| configuration        | logits | candidates | median us | p90 us | selection us | same tokens |\n");
+  std::printf("|----------------------|--------|------------|-----------|--------|--------------|-------------|\n");
+  for (const Row& row : rows) {
+    mimo::Expected<mimo::Sampler> probe = mimo::Sampler::create(row.options, vocab_size);
+    if (!probe || probe->candidates_needed() == 0) continue;
+    for (const auto& [shape, logits] : {std::pair{"peaked", &peaked}, std::pair{"flat", &flat}}) {
+      const Result full = measure(row.options, *logits, repetitions);
+      const Result top = measure_top(row.options, *logits, repetitions);
+      std::printf("| %-20s | %-6s | %10zu | %9.1f | %6.1f | %12.1f | %-11s |\n", row.name.c_str(), shape, top.kept,
+                  top.median_us, top.p90_us, measure_selection(*logits, probe->candidates_needed(), repetitions),
+                  top.checksum == full.checksum ? "yes" : "NO");
+    }
+  }
   return 0;
 }
