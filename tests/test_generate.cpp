@@ -298,6 +298,20 @@ TEST_CASE("generate: a sampler with top_k takes the backend's selection of the l
       CHECK(s.size() == 0);
     }
     CHECK(s.append(w.prompt, {.top = mimo::OutputRows::none, .top_count = 0}).has_value());  // no rows: no count needed
+    // The backend op itself refuses such a count at the read, and selects again afterwards.
+    std::vector<float> row = {3.0f, 1.0f, 2.0f, 5.0f, 4.0f};
+    const mimo::Rows rows{row.data(), 1, 5, 5};
+    std::vector<int32_t> ids(2);
+    std::vector<float> values(2);
+    for (int32_t count : {0, 6}) {
+      mimo::Cpu::top_rows(s.context(), rows, count);
+      const mimo::Status read = mimo::Cpu::read_top(s.context(), ids, values);
+      REQUIRE_FALSE(read);
+      CHECK(read.error().describe().find("count " + std::to_string(count)) != std::string::npos);
+    }
+    mimo::Cpu::top_rows(s.context(), rows, 2);
+    REQUIRE(mimo::Cpu::read_top(s.context(), ids, values));
+    CHECK(ids == std::vector<int32_t>{3, 4});
   }
   // generate() with the selection against generate() copying every logit: the same tokens,
   // session and generator state, with and without MTP drafting, with penalties, and continuing
@@ -339,6 +353,59 @@ TEST_CASE("generate: a sampler with top_k takes the backend's selection of the l
       REQUIRE(more_b.has_value());
       CHECK(more_a->tokens == more_b->tokens);
       CHECK(by_top.snapshot() == by_logits.snapshot());
+    }
+  }
+}
+
+TEST_CASE("generate: continuing from an empty prompt after a stop in the middle of a pass, or after save and restore, "
+          "gives what one run gives") {
+  World w;
+  const auto V = static_cast<int32_t>(w.model.config().vocab_size);
+  const int64_t total = 16;
+  // Each way of choosing: the backend's argmax, its selection of the largest logits, every logit.
+  struct Way {
+    const char* name;
+    mimo::SamplerOptions sampler;
+    bool selection;
+  };
+  const std::vector<Way> ways = {{"argmax", {.greedy = true}, true},
+                                 {"top selection", {.temperature = 1.1f, .top_k = 30, .seed = 7}, true},
+                                 {"logits", {.temperature = 1.1f, .top_k = 30, .seed = 7}, false}};
+  for (const Way& way : ways) {
+    CAPTURE(way.name);
+    auto reference_sampler = *mimo::Sampler::create(way.sampler, V);
+    auto r = w.session();
+    auto reference = mimo::generate(r, w.prompt, reference_sampler,
+                                    {.max_tokens = total, .default_stop_tokens = false, .mtp_depth = 0, .backend_selection = way.selection});
+    REQUIRE(reference.has_value());
+    // Drafts of the known continuation, 4 a pass, so that max_tokens ends runs in the middle of a
+    // pass (the session then drops the rows after the last token it keeps).
+    for (int64_t first_run : {5, 7, 9}) {
+      for (bool through_save : {false, true}) {
+        CAPTURE(first_run);
+        CAPTURE(through_save);
+        auto sampler = *mimo::Sampler::create(way.sampler, V);
+        mimo::ReplayDrafter<mimo::Cpu> replay(reference->tokens, static_cast<int64_t>(w.prompt.size()), 1.0, V);
+        auto s = w.session();
+        const mimo::GenerateOptions<mimo::Cpu> first{.max_tokens = first_run, .default_stop_tokens = false, .mtp_depth = 4,
+                                                     .drafter = &replay, .backend_selection = way.selection};
+        auto a = mimo::generate(s, w.prompt, sampler, first);
+        REQUIRE(a.has_value());
+        std::vector<int32_t> tokens = a->tokens;
+        auto t = w.session();
+        if (through_save) {
+          std::vector<std::byte> state;
+          REQUIRE(s.save(state).has_value());
+          REQUIRE(t.restore(state).has_value());
+        }
+        auto b = mimo::generate(through_save ? t : s, {}, sampler,
+                                {.max_tokens = total - first_run, .default_stop_tokens = false, .mtp_depth = 0,
+                                 .penalize_prompt = false, .backend_selection = way.selection});
+        REQUIRE_MESSAGE(b.has_value(), (b ? "" : b.error().describe()));
+        tokens.insert(tokens.end(), b->tokens.begin(), b->tokens.end());
+        CHECK(tokens == reference->tokens);
+        CHECK(sampler.snapshot() == reference_sampler.snapshot());  // the same draws and window
+      }
     }
   }
 }

@@ -3,7 +3,9 @@
 // leaves the session usable.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <numeric>
 #include <thread>
@@ -70,6 +72,89 @@ TEST_CASE("session: save and restore continue exactly like the original") {
   auto d = t.session(20);
   REQUIRE(d.restore_file(files / "state.bin").has_value());
   CHECK(Setup::continue_with(d, t.rest) == Setup::continue_with(c, t.rest));
+}
+
+TEST_CASE("session: truncate keeps the outputs of the positions it keeps; the last row's selections are saved") {
+  Setup t;
+  const int32_t count = 7;
+  auto a = t.session();
+  auto all = a.append(t.prefix, {.logits = mimo::OutputRows::all, .hidden = mimo::OutputRows::all,
+                                  .argmax = mimo::OutputRows::all, .top = mimo::OutputRows::all, .top_count = count});
+  REQUIRE(all.has_value());
+  const std::vector<float> logits(all->data, all->data + all->rows * all->vocab);
+  const std::vector<int32_t> argmax(all->argmax.begin(), all->argmax.end());
+  const std::vector<int32_t> top_ids(all->top_ids.begin(), all->top_ids.end());
+  const std::vector<float> top_logits(all->top_logits.begin(), all->top_logits.end());
+  const int64_t V = all->vocab;
+  // Keeping 9 of the 12 positions keeps the rows of positions 0..8: the last one is position 8's,
+  // the row that predicts the token at 9 (what continuing from here needs).
+  REQUIRE(a.truncate(9).has_value());
+  const mimo::Logits kept = a.logits();
+  REQUIRE(kept.rows == 9);
+  CHECK(std::equal(kept.last().begin(), kept.last().end(), logits.begin() + 8 * V));
+  CHECK(std::vector<int32_t>(kept.argmax.begin(), kept.argmax.end()) == std::vector<int32_t>(argmax.begin(), argmax.begin() + 9));
+  REQUIRE(kept.top_rows() == 9);
+  CHECK(std::equal(kept.top_ids_of(8).begin(), kept.top_ids_of(8).end(), top_ids.begin() + 8 * count));
+  CHECK(a.hidden().count == 9);
+  CHECK(a.hidden_position() == 0);
+
+  // Saved and restored: the last row's logits, argmax id and top selection come back.
+  std::vector<std::byte> state;
+  REQUIRE(a.save(state).has_value());
+  auto b = t.session();
+  REQUIRE(b.restore(state).has_value());
+  const mimo::Logits restored = b.logits();
+  REQUIRE(restored.rows == 1);
+  CHECK(std::equal(restored.last().begin(), restored.last().end(), logits.begin() + 8 * V));
+  CHECK(std::vector<int32_t>(restored.argmax.begin(), restored.argmax.end()) == std::vector<int32_t>{argmax[8]});
+  REQUIRE(restored.top_rows() == 1);
+  CHECK(std::equal(restored.top_ids_of(0).begin(), restored.top_ids_of(0).end(), top_ids.begin() + 8 * count));
+  CHECK(std::equal(restored.top_logits_of(0).begin(), restored.top_logits_of(0).end(), top_logits.begin() + 8 * count));
+  CHECK(Setup::continue_with(b, t.rest) == Setup::continue_with(a, t.rest));
+
+  // A state of version 1 (before the selections were saved) is still read: the same state without
+  // that section, its version and checksum rewritten.
+  auto c = t.session();
+  REQUIRE(c.append(t.prefix, {.hidden = mimo::OutputRows::all}).has_value());
+  REQUIRE(c.save(state).has_value());
+  // The tail: u64 argmax rows (0), u64 top count (0), u64 MTP steps, a u64 entry count per step
+  // (0: no drafting yet), u64 checksum.
+  const auto zero = [&](size_t from, size_t n) {
+    return std::all_of(state.begin() + static_cast<std::ptrdiff_t>(from), state.begin() + static_cast<std::ptrdiff_t>(from + n),
+                       [](std::byte x) { return x == std::byte{0}; });
+  };
+  size_t section = 0;
+  for (uint64_t steps = 0; steps < 8 && section == 0; ++steps) {
+    const size_t at = state.size() - 8 - 8 * (steps + 1);
+    uint64_t stored = 0;
+    std::memcpy(&stored, state.data() + at, 8);
+    if (stored == steps && zero(at + 8, 8 * steps) && zero(at - 16, 16)) section = at - 16;
+  }
+  REQUIRE(section > 0);
+  std::vector<std::byte> v1(state.begin(), state.begin() + static_cast<std::ptrdiff_t>(section));
+  v1.insert(v1.end(), state.begin() + static_cast<std::ptrdiff_t>(section + 16), state.end() - 8);
+  const uint32_t version = 1;
+  std::memcpy(v1.data() + 8, &version, 4);
+  mimo::detail::RunningHash h;
+  h.update(v1.data(), v1.size());
+  const uint64_t digest = h.digest();
+  v1.resize(v1.size() + 8);
+  std::memcpy(v1.data() + v1.size() - 8, &digest, 8);
+  auto d = t.session();
+  auto r = d.restore(v1);
+  REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+  CHECK(d.logits().rows == 1);
+  CHECK(d.logits().argmax.empty());
+  CHECK(Setup::continue_with(d, t.rest) == Setup::continue_with(c, t.rest));
+
+  // A pass that began after the position kept leaves no rows behind.
+  auto e = t.session();
+  REQUIRE(e.append(t.prefix).has_value());
+  REQUIRE(e.append(t.rest, {.logits = mimo::OutputRows::all, .argmax = mimo::OutputRows::last}).has_value());
+  REQUIRE(e.truncate(static_cast<int64_t>(t.prefix.size())).has_value());
+  CHECK(e.logits().rows == 0);
+  CHECK(e.logits().argmax.empty());
+  CHECK(e.hidden().count == 0);
 }
 
 TEST_CASE("session: copy and truncate equal a fresh session fed the same tokens in the same calls") {

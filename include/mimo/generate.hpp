@@ -255,7 +255,7 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
       }
     }
   } else if (session.logits().rows == 0 && !(greedy_ids && !session.logits().argmax.empty()) &&
-             !(top_count > 0 && session.logits().top_rows() > 0)) {
+             !(top_count > 0 && session.logits().top_rows() > 0 && session.logits().top_count >= top_count)) {
     return Error(Errc::invalid_argument, "generate: an empty prompt continues from the session's last logits, but it has none");
   }
   if (options.penalize_prompt) {  // after the prefill, which has validated the ids
@@ -269,9 +269,15 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
 
   // Choosing a token: the full sampler (or its choice from the backend's argmax or selection of the
   // largest logits), then the penalty window learns it.
+  // A pass may choose tokens after the one generation stops at (max_tokens, a stop string): the
+  // sampler's state after each choice of a pass with drafts is kept, so that it ends as plain
+  // decoding would have left it (same draws and penalty window for whoever continues).
+  std::vector<SamplerSnapshot> after_choice;
+  bool keep_snapshots = false;
   auto record = [&](Expected<int32_t> t) -> Expected<int32_t> {
     if (!t) return t;
     if (auto s = sampler.accept(*t); !s) return std::move(s).error();
+    if (keep_snapshots) after_choice.push_back(sampler.snapshot());
     return t;
   };
   auto choose = [&](std::span<const float> logits) { return record(sampler.sample(logits)); };
@@ -365,6 +371,8 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     }
     const int64_t base = session.size();  // pending's position
     emitted.clear();
+    after_choice.clear();
+    keep_snapshots = !drafts.empty();
     SpeculativeStats& stats = result.stats.speculative;
     auto accepted = greedy_ids      ? verify_drafts_greedy(session, pending, drafts, choose_id, emitted, stats, options.cancel)
                     : top_count > 0 ? verify_drafts_top(session, pending, drafts, top_count, choose_top, emitted, stats, options.cancel)
@@ -376,8 +384,12 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
       }
       return std::move(accepted).error();
     }
-    for (size_t i = 0; i < emitted.size() && !stopped; ++i) {
-      if (auto s = emit(emitted[i], base + 1 + static_cast<int64_t>(i)); !s) return std::move(s).error();
+    size_t emitted_now = 0;
+    for (; emitted_now < emitted.size() && !stopped; ++emitted_now) {
+      if (auto s = emit(emitted[emitted_now], base + 1 + static_cast<int64_t>(emitted_now)); !s) return std::move(s).error();
+    }
+    if (emitted_now < emitted.size() && emitted_now <= after_choice.size()) {
+      if (auto s = sampler.restore(after_choice[emitted_now - 1]); !s) return std::move(s).error();
     }
     pending = emitted.back();
   }

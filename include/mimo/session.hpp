@@ -100,12 +100,23 @@ class Session {
   // MTP entries are kept consistent with the tokens: step k's entry at position p combined token
   // x_{p+1+k}; an entry may run one token ahead of the session (the drafter's row for the pending
   // token) and is checked against that token when it is appended. Truncation drops entries that
-  // would run further ahead.
+  // would run further ahead. The last pass's outputs (logits, argmax ids, top selections, hidden
+  // rows) of the dropped positions go too, so the last row left is the one after the last token
+  // kept (none if the pass began after it).
   Status truncate(int64_t length) {
     if (length < 0 || length > size()) {
       return Error(Errc::invalid_argument, "truncate: length " + std::to_string(length) + " is not in [0, " +
                                                std::to_string(size()) + "]");
     }
+    // Every output row ends at size(): row i of r rows belongs to position size() - r + i.
+    const int64_t dropped = size() - length;
+    const auto kept = [dropped](int64_t rows) { return std::max<int64_t>(0, rows - dropped); };
+    logits_rows_ = kept(logits_rows_);
+    argmax_.resize(static_cast<size_t>(kept(static_cast<int64_t>(argmax_.size()))));
+    const int64_t top_rows = top_count_ > 0 ? static_cast<int64_t>(top_ids_.size()) / top_count_ : 0;
+    top_ids_.resize(static_cast<size_t>(kept(top_rows) * top_count_));
+    top_logits_.resize(top_ids_.size());
+    hidden_.count = std::clamp<int64_t>(length - hidden_position_, 0, hidden_.count);
     tokens_.resize(static_cast<size_t>(length));
     for (size_t k = 0; k < mtp_.size(); ++k) drop_mtp_entries(k, [&](int64_t index, int32_t) { return index > length; });
     return ok();
@@ -123,8 +134,8 @@ class Session {
   Logits mtp_logits() { return Logits{mtp_logits_buf_.data(), mtp_logits_rows_, model_.draft_vocab()}; }
 
   // Post-norm hidden states kept from the last append (rows selected by AppendOptions::hidden),
-  // and the position of its first row: row i belongs to position hidden_position() + i. Rows at
-  // positions >= size() (after a truncate) are stale.
+  // and the position of its first row: row i belongs to position hidden_position() + i (a
+  // truncate drops the rows of the positions it drops).
   Rows hidden() const { return hidden_; }
   int64_t hidden_position() const { return hidden_position_; }
 
@@ -465,13 +476,15 @@ Expected<Session<B>> Session<B>::copy() const {
 //
 // Layout (little-endian): "MIMOSESS", u32 version, u64 model fingerprint, u32 KV format, u64
 // layers, kv heads, head_dim; u64 n, i32 tokens[n], main KV (backend layout of n entries);
-// u64 logits rows (0 or 1), f32 logits[V]; u64 hidden rows (0 or 1), f32 hidden[H]; u64 MTP
-// steps, for each u64 entries, i64 positions[entries], i32 combined tokens[entries] and its KV;
-// then u64 checksum of everything before it.
+// u64 logits rows (0 or 1), f32 logits[V]; u64 hidden rows (0 or 1), f32 hidden[H]; (version
+// 2:) u64 argmax rows (0 or 1), i32 argmax; u64 top count (0: none), i32 top ids[count], f32 top
+// logits[count]; u64 MTP steps, for each u64 entries, i64 positions[entries], i32 combined
+// tokens[entries] and its KV; then u64 checksum of everything before it. Version 1 (without the
+// last row's argmax and top selection) is still read.
 
 namespace detail {
 inline constexpr char kSessionMagic[8] = {'M', 'I', 'M', 'O', 'S', 'E', 'S', 'S'};
-inline constexpr uint32_t kSessionVersion = 1;
+inline constexpr uint32_t kSessionVersion = 2;
 
 // Identifies the model a state belongs to: its config, size and a sample of its weights.
 template <class B>
@@ -512,6 +525,14 @@ Status Session<B>::write_state(detail::ByteWriter& w) const {
   const bool has_hidden = hidden_.count > 0;
   if (s) s = w.put<uint64_t>(has_hidden ? 1 : 0);
   if (s && has_hidden) s = B::rows_save(hidden_.slice(hidden_.count - 1, 1), w);
+  // The last row's argmax id and top selection, so that a session whose last pass brought back
+  // only those continues from them too.
+  if (s) s = w.put<uint64_t>(argmax_.empty() ? 0 : 1);
+  if (s && !argmax_.empty()) s = w.put<int32_t>(argmax_.back());
+  const size_t top_count = top_ids_.empty() ? 0 : static_cast<size_t>(top_count_);
+  if (s) s = w.put<uint64_t>(top_count);
+  if (s && top_count) s = w.write(top_ids_.data() + top_ids_.size() - top_count, top_count * sizeof(int32_t));
+  if (s && top_count) s = w.write(top_logits_.data() + top_logits_.size() - top_count, top_count * sizeof(float));
   if (s) s = w.put<uint64_t>(mtp_.size());
   for (const auto& m : mtp_) {
     const int64_t entries = m.allocated ? static_cast<int64_t>(m.positions.size()) : 0;
@@ -560,7 +581,7 @@ Status Session<B>::restore(std::span<const std::byte> state) {
   (void)r.take(8, "magic");
   auto version = r.get<uint32_t>("version");
   if (!version) return std::move(version).error();
-  if (*version != detail::kSessionVersion) return bad("version " + std::to_string(*version) + " is not supported");
+  if (*version != 1 && *version != detail::kSessionVersion) return bad("version " + std::to_string(*version) + " is not supported");
   auto fingerprint = r.get<uint64_t>("model fingerprint");
   if (!fingerprint) return std::move(fingerprint).error();
   if (*fingerprint != detail::model_fingerprint(model_)) return bad("saved with a different model");
@@ -596,6 +617,41 @@ Status Session<B>::restore(std::span<const std::byte> state) {
   if (*hidden_rows > 1) return bad("more than one hidden row");
   auto hidden = r.take(*hidden_rows * c.hidden_size * sizeof(float), "hidden state");
   if (!hidden) return std::move(hidden).error();
+  std::vector<int32_t> argmax, top_ids;
+  std::vector<float> top_logits;
+  if (*version >= 2) {
+    auto argmax_rows = r.get<uint64_t>("argmax rows");
+    if (!argmax_rows) return std::move(argmax_rows).error();
+    if (*argmax_rows > 1) return bad("more than one argmax row");
+    if (*argmax_rows) {
+      auto id = r.get<int32_t>("argmax");
+      if (!id) return std::move(id).error();
+      if (*id < -1 || *id >= c.vocab_size) return bad("argmax " + std::to_string(*id) + " is outside the vocabulary");
+      argmax.push_back(*id);
+    }
+    auto top_count = r.get<uint64_t>("top count");
+    if (!top_count) return std::move(top_count).error();
+    if (*top_count > static_cast<uint64_t>(std::min<int64_t>(c.vocab_size, max_top_count))) {
+      return bad("top count " + std::to_string(*top_count) + " is more than the vocabulary or max_top_count");
+    }
+    auto id_bytes = r.take(*top_count * sizeof(int32_t), "top ids");
+    if (!id_bytes) return std::move(id_bytes).error();
+    auto logit_bytes = r.take(*top_count * sizeof(float), "top logits");
+    if (!logit_bytes) return std::move(logit_bytes).error();
+    top_ids.resize(static_cast<size_t>(*top_count));
+    top_logits.resize(top_ids.size());
+    if (*top_count) {
+      std::memcpy(top_ids.data(), id_bytes->data(), id_bytes->size());
+      std::memcpy(top_logits.data(), logit_bytes->data(), logit_bytes->size());
+    }
+    // Ascending ids of the vocabulary, or a refused row's -1s.
+    const bool refused = !top_ids.empty() && std::all_of(top_ids.begin(), top_ids.end(), [](int32_t id) { return id == -1; });
+    for (size_t i = 0; i < top_ids.size() && !refused; ++i) {
+      if (top_ids[i] < 0 || top_ids[i] >= c.vocab_size || (i > 0 && top_ids[i] <= top_ids[i - 1])) {
+        return bad("top ids are not ascending ids of the vocabulary");
+      }
+    }
+  }
 
   auto steps = r.get<uint64_t>("MTP steps");
   if (!steps) return std::move(steps).error();
@@ -645,7 +701,10 @@ Status Session<B>::restore(std::span<const std::byte> state) {
   tokens_ = std::move(tokens);
   if (*logits_rows) std::memcpy(logits_host_.data(), logits->data(), logits->size());
   logits_rows_ = static_cast<int64_t>(*logits_rows);
-  clear_selections();  // not part of the saved state
+  argmax_ = std::move(argmax);
+  top_count_ = static_cast<int32_t>(top_ids.size());
+  top_ids_ = std::move(top_ids);
+  top_logits_ = std::move(top_logits);
   if (*hidden_rows) {
     detail::ByteReader hr(*hidden, what);
     if (auto s = B::rows_load(hidden_, hr); !s) return s;

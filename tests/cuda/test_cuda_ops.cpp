@@ -649,7 +649,7 @@ TEST_CASE("cuda ops: top_rows selects what the CPU backend selects, ids and valu
   }
   // Narrow rows, the count equal to the width, and a count out of range (reported at the read).
   DeviceRows narrow(3, 77, 80);
-  const auto small = random_values(static_cast<size_t>(3 * 80), 14);
+  const auto small = random_values(static_cast<size_t>(3 * 77), 14);
   narrow.upload(small);
   HostRows narrow_host(3, 77, 80);
   narrow_host.upload(small);

@@ -1,9 +1,13 @@
 // The sampler on arbitrary options and logits (NaN, infinities, huge and tiny values, ties):
 // options are validated, sample() gives a token in the vocabulary or an error, never a crash;
 // a drawn token has nonzero probability in distribution(); -inf logits are never drawn; a copy
-// and a snapshot continue identically; speculative verification stays in the vocabulary.
+// and a snapshot continue identically; speculative verification stays in the vocabulary; where
+// the options allow it, sample_top over the largest logits (a few more than needed, at random)
+// gives sample()'s token and state.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <limits>
 #include <vector>
 
@@ -68,10 +72,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
 
     mimo::Sampler twin = sampler->copy();
+    mimo::Sampler by_top = sampler->copy();
+    const int32_t extra = static_cast<int32_t>(in.in_range(0, 3));
     const mimo::SamplerSnapshot snapshot = sampler->snapshot();
     auto dist = sampler->distribution(logits);
     auto token = sampler->sample(logits);
     FUZZ_CHECK(token.has_value() == dist.has_value());
+    if (const int32_t needed = by_top.candidates_needed(); needed > 0) {
+      // The backend's selection, by a sort: logit descending (-0 == +0), then lower id; ascending ids.
+      const int32_t count = std::min(vocab, needed + extra);
+      std::vector<int32_t> ids(static_cast<size_t>(vocab));
+      std::iota(ids.begin(), ids.end(), 0);
+      std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+        return mimo::detail::order_key(logits[static_cast<size_t>(a)]) > mimo::detail::order_key(logits[static_cast<size_t>(b)]);
+      });
+      ids.resize(static_cast<size_t>(count));
+      std::sort(ids.begin(), ids.end());
+      std::vector<float> values;
+      for (int32_t id : ids) values.push_back(logits[static_cast<size_t>(id)]);
+      if (nan_or_pos_inf || all_neg_inf) std::fill(ids.begin(), ids.end(), -1);
+      auto top_token = by_top.sample_top(ids, values);
+      FUZZ_CHECK(top_token.has_value() == token.has_value());
+      if (token) FUZZ_CHECK(*top_token == *token && by_top.snapshot() == sampler->snapshot());
+    }
     if (nan_or_pos_inf || all_neg_inf) FUZZ_CHECK(!token.has_value());
     if (!token) continue;
     FUZZ_CHECK(*token >= 0 && *token < vocab);

@@ -130,6 +130,8 @@ void chat_seeds() {
   write("chat", "trusted_content", chat_input(0x05, {{user, kTexts[7]}, {assistant | with_reasoning, kTexts[6]}}));
 }
 
+// The corpus also keeps the v1_* states that this program wrote before the state's version 2 (which
+// it no longer writes), so that reading version 1 stays fuzzed.
 void session_seeds() {
   const fuzz::TinyModel tiny;
   auto save = [](mimo::Session<mimo::Cpu>& s) {
@@ -148,6 +150,10 @@ void session_seeds() {
   for (int i = 0; i < fuzz::TinyModel::context; ++i) tokens.push_back(i % 60);
   if (!full.append(tokens, {.hidden = mimo::OutputRows::all})) return;
   write("session_restore", "full", with_flag(3, save(full)));
+  // The last row's argmax id and top selection (state version 2).
+  auto selected = tiny.session();
+  if (!selected.append({4, 5, 6}, {.argmax = mimo::OutputRows::last, .top = mimo::OutputRows::last, .top_count = 5})) return;
+  write("session_restore", "selections", with_flag(3, save(selected)));
 }
 
 void sampler_seeds() {

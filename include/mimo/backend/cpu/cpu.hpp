@@ -71,6 +71,7 @@ struct Cpu {
     std::vector<int32_t> top_ids;  // of the last top_rows, `count` per row
     std::vector<float> top_values;
     cpu::TopScratch top_scratch;
+    std::string top_error;  // why the last top_rows selected nothing (read_top reports it)
   };
 
   struct LinearOp {
@@ -254,6 +255,14 @@ struct Cpu {
   // Per row, its `count` largest values in ascending index order (ids -1 for a row a sampler
   // refuses); read back with read_top.
   static void top_rows(Context& c, const Rows& x, int32_t count) {
+    c.top_error.clear();
+    if (count < 1 || count > std::min<int64_t>(x.width, max_top_count)) {
+      c.top_error = "top: count " + std::to_string(count) + " is not in [1, min(" + std::to_string(x.width) +
+                    ", max_top_count)]";
+      c.top_ids.clear();
+      c.top_values.clear();
+      return;
+    }
     const size_t size = static_cast<size_t>(std::max<int64_t>(x.count, 0)) * static_cast<size_t>(count);
     c.top_ids.resize(size);
     c.top_values.resize(size);
@@ -263,6 +272,7 @@ struct Cpu {
     }
   }
   static Status read_top(Context& c, std::span<int32_t> ids, std::span<float> values) {
+    if (!c.top_error.empty()) return Error(Errc::invalid_argument, c.top_error);
     if (ids.size() != values.size() || ids.size() > c.top_ids.size()) {
       return Error(Errc::invalid_argument, "read_top: " + std::to_string(ids.size()) + " ids and " +
                                                std::to_string(values.size()) + " values asked, " +
