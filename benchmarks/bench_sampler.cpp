@@ -60,21 +60,28 @@ struct Result {
   uint64_t checksum = 0;
 };
 
-Result measure(const mimo::SamplerOptions& options, const std::vector<float>& logits, int repetitions) {
+mimo::Sampler make_sampler(const mimo::SamplerOptions& options) {
   mimo::Expected<mimo::Sampler> sampler = mimo::Sampler::create(options, vocab_size);
   if (!sampler) {
     std::fprintf(stderr, "%s\n", sampler.error().describe().c_str());
     std::exit(1);
   }
+  return std::move(*sampler);
+}
+
+// Times `draw()` (one token, then accepted into `sampler`'s window, untimed) over the repetitions
+// after a warm-up: median, p90 and the checksum of the tokens.
+template <class Draw>
+Result time_draws(mimo::Sampler& sampler, int repetitions, Draw&& draw) {
   Result result;
   std::vector<double> times;
   times.reserve(static_cast<size_t>(repetitions));
   const int warmup = std::max(1, repetitions / 20);
   for (int i = 0; i < warmup + repetitions; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    mimo::Expected<int32_t> token = sampler->sample(logits);
+    mimo::Expected<int32_t> token = draw();
     const auto stop = std::chrono::steady_clock::now();
-    if (!token || !sampler->accept(*token)) {
+    if (!token || !sampler.accept(*token)) {
       std::fprintf(stderr, "sampling failed\n");
       std::exit(1);
     }
@@ -85,7 +92,13 @@ Result measure(const mimo::SamplerOptions& options, const std::vector<float>& lo
   std::sort(times.begin(), times.end());
   result.median_us = times[times.size() / 2];
   result.p90_us = times[times.size() * 9 / 10];
-  mimo::Expected<mimo::Distribution> distribution = sampler->distribution(logits);
+  return result;
+}
+
+Result measure(const mimo::SamplerOptions& options, const std::vector<float>& logits, int repetitions) {
+  mimo::Sampler sampler = make_sampler(options);
+  Result result = time_draws(sampler, repetitions, [&] { return sampler.sample(logits); });
+  mimo::Expected<mimo::Distribution> distribution = sampler.distribution(logits);
   result.kept = distribution ? distribution->size() : 0;
   return result;
 }
@@ -94,28 +107,15 @@ Result measure(const mimo::SamplerOptions& options, const std::vector<float>& lo
 // as a backend selects them (AppendOptions::top): what the host pays when only they come back.
 // The checksum equals measure()'s when the tokens are the same.
 Result measure_top(const mimo::SamplerOptions& options, const std::vector<float>& logits, int repetitions) {
-  mimo::Expected<mimo::Sampler> sampler = mimo::Sampler::create(options, vocab_size);
-  if (!sampler || sampler->candidates_needed() == 0) std::exit(1);
-  const int32_t count = sampler->candidates_needed();
+  mimo::Sampler sampler = make_sampler(options);
+  const int32_t count = sampler.candidates_needed();
   std::vector<int32_t> ids(static_cast<size_t>(count));
   std::vector<float> values(ids.size());
   mimo::cpu::TopScratch scratch;
-  if (!mimo::cpu::top_or_invalid(logits.data(), vocab_size, count, ids.data(), values.data(), scratch)) std::exit(1);
-  Result result;
-  std::vector<double> times;
-  const int warmup = std::max(1, repetitions / 20);
-  for (int i = 0; i < warmup + repetitions; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    mimo::Expected<int32_t> token = sampler->sample_top(ids, values);
-    const auto stop = std::chrono::steady_clock::now();
-    if (!token || !sampler->accept(*token)) std::exit(1);
-    if (i < warmup) continue;
-    times.push_back(std::chrono::duration<double, std::micro>(stop - start).count());
-    result.checksum = result.checksum * 1000003u + static_cast<uint64_t>(*token);
+  if (count == 0 || !mimo::cpu::top_or_invalid(logits.data(), vocab_size, count, ids.data(), values.data(), scratch)) {
+    std::exit(1);
   }
-  std::sort(times.begin(), times.end());
-  result.median_us = times[times.size() / 2];
-  result.p90_us = times[times.size() * 9 / 10];
+  Result result = time_draws(sampler, repetitions, [&] { return sampler.sample_top(ids, values); });
   result.kept = static_cast<size_t>(count);
   return result;
 }

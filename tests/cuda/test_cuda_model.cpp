@@ -458,7 +458,7 @@ TEST_CASE("cuda sessions: copy, truncate and re-feed, save on one backend and re
                                 std::vector<float>(more_cpu->data, more_cpu->data + 3 * more_cpu->vocab)) <= 2e-2);
 }
 
-TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equals plain greedy") {
+TEST_CASE("cuda speculative and sampling: drafters keep plain greedy; the device's selection keeps the full sampler's tokens") {
   const auto config = test::small_config(300, 64, 2, 4, 2, 16, 96, 2);
   test::TempDir dir;
   test::synthesize(dir.path(), config, 21);
@@ -506,24 +506,18 @@ TEST_CASE("cuda speculative: greedy with the MTP drafter or a replay drafter equ
     mimo::SpeculativeStats stats;
     CHECK(run(depth, nullptr, &stats) == plain);
   }
-}
 
-TEST_CASE("cuda sampling: the device's selection of the largest logits gives the tokens of the full sampler") {
-  const auto config = test::small_config(300, 64, 2, 4, 2, 16, 96, 2);
-  test::TempDir dir;
-  test::synthesize(dir.path(), config, 22);
-  const auto model = load<Cuda>(dir.path());
-  const auto prompt = test::random_tokens(30, config.vocab_size, 10);
+  // Sampled: generate() with the device's selection of the largest logits (top_k plus the penalty
+  // window come back) against generate() copying every logit, with and without drafting, plain
+  // and fused kernels.
   const auto V = static_cast<int32_t>(config.vocab_size);
-  // generate() with the selection (top_k plus the penalty window come back) against generate()
-  // copying every logit, with and without drafting, plain and fused kernels.
-  for (bool fuse : {false, true}) {
+  for (bool fused : {false, true}) {
     for (int depth : {0, 2}) {
-      CAPTURE(fuse);
+      CAPTURE(fused);
       CAPTURE(depth);
       std::vector<int32_t> tokens[2];
       for (bool selection : {true, false}) {
-        auto s = session_of(model, 512, 64, {.fuse_kernels = fuse, .programmatic_launch = fuse});
+        auto s = session_of(model, 512, 64, {.fuse_kernels = fused, .programmatic_launch = fused});
         auto sampler = mimo::Sampler::create(
             {.temperature = 1.2f, .top_k = 30, .top_p = 0.95f, .repeat_penalty = 1.3f, .penalty_window = 8, .seed = 4}, V);
         REQUIRE(sampler.has_value());
