@@ -213,8 +213,7 @@ TEST_CASE("generate: a greedy sampler takes the backend's argmax ids and emits w
     CHECK(by_id.snapshot() == by_logits.snapshot());
   }
   // The prompt's logits stay on the host for whoever continues: a greedy generate of 0 tokens,
-  // then a sampled one from an empty prompt. After a pass that kept only ids (commit_last =
-  // false), a sampler that needs logits gets an error, not a read of nothing.
+  // then a sampled one from an empty prompt.
   {
     auto s = w.session();
     auto greedy = w.greedy();
@@ -228,10 +227,22 @@ TEST_CASE("generate: a greedy sampler takes the backend's argmax ids and emits w
     REQUIRE(mimo::generate(t, w.prompt, greedy, {.max_tokens = 4, .default_stop_tokens = false, .mtp_depth = 0, .commit_last = false})
                 .has_value());
     CHECK(t.logits().rows == 0);
-    auto h = mimo::generate(t, {}, warm, {.max_tokens = 3});
-    REQUIRE_FALSE(h.has_value());
-    CHECK(h.error().code() == mimo::Errc::invalid_argument);
     CHECK(mimo::generate(t, {}, greedy, {.max_tokens = 3, .default_stop_tokens = false}).has_value());  // the ids suffice
+    // A sampler that needs logits after a pass that kept only ids: the last token runs again for
+    // them, and the tokens are those of a session that kept the logits.
+    auto u = w.session();
+    REQUIRE(mimo::generate(t, {}, greedy, {.max_tokens = 4, .default_stop_tokens = false, .mtp_depth = 0, .commit_last = false})
+                .has_value());
+    REQUIRE(mimo::generate(u, std::vector<int32_t>(t.tokens().begin(), t.tokens().end()), greedy, {.max_tokens = 0}).has_value());
+    CHECK(u.logits().rows == 1);
+    CHECK(t.logits().rows == 0);
+    auto warm_u = *mimo::Sampler::create({.temperature = 0.8f, .seed = 3}, V);
+    auto warm_t = *mimo::Sampler::create({.temperature = 0.8f, .seed = 3}, V);
+    auto h = mimo::generate(t, {}, warm_t, {.max_tokens = 3, .default_stop_tokens = false, .penalize_prompt = false});
+    auto k = mimo::generate(u, {}, warm_u, {.max_tokens = 3, .default_stop_tokens = false, .penalize_prompt = false});
+    REQUIRE(h.has_value());
+    REQUIRE(k.has_value());
+    CHECK(h->tokens == k->tokens);
   }
   // A sampler made for another vocabulary is refused as sample() refuses it, ids or not.
   {
@@ -357,8 +368,8 @@ TEST_CASE("generate: a sampler with top_k takes the backend's selection of the l
   }
 }
 
-TEST_CASE("generate: continuing from an empty prompt after a stop in the middle of a pass, or after save and restore, "
-          "gives what one run gives") {
+TEST_CASE("generate: continuing from an empty prompt after a stop in the middle of a pass, after save and restore, "
+          "or with another sampler, gives what plain decoding gives") {
   World w;
   const auto V = static_cast<int32_t>(w.model.config().vocab_size);
   const int64_t total = 16;
@@ -371,15 +382,33 @@ TEST_CASE("generate: continuing from an empty prompt after a stop in the middle 
   const std::vector<Way> ways = {{"argmax", {.greedy = true}, true},
                                  {"top selection", {.temperature = 1.1f, .top_k = 30, .seed = 7}, true},
                                  {"logits", {.temperature = 1.1f, .top_k = 30, .seed = 7}, false}};
-  for (const Way& way : ways) {
+  // Plain decoding (no drafts) of `first_run` tokens with `way`, then `total - first_run` more
+  // with `then` from an empty prompt: the tokens, and the second sampler's state.
+  const auto plain = [&](const Way& way, const Way& then, int64_t first_run) {
+    auto s = w.session();
+    auto a_sampler = *mimo::Sampler::create(way.sampler, V);
+    auto a = mimo::generate(s, w.prompt, a_sampler, {.max_tokens = first_run, .default_stop_tokens = false, .mtp_depth = 0,
+                                                     .backend_selection = way.selection});
+    REQUIRE(a.has_value());
+    auto b_sampler = *mimo::Sampler::create(then.sampler, V);
+    auto b = mimo::generate(s, {}, b_sampler, {.max_tokens = total - first_run, .default_stop_tokens = false, .mtp_depth = 0,
+                                               .backend_selection = then.selection});
+    REQUIRE(b.has_value());
+    std::vector<int32_t> tokens = a->tokens;
+    tokens.insert(tokens.end(), b->tokens.begin(), b->tokens.end());
+    return std::pair{tokens, b_sampler.snapshot()};
+  };
+  for (size_t i = 0; i < ways.size(); ++i) {
+    const Way& way = ways[i];
     CAPTURE(way.name);
     auto reference_sampler = *mimo::Sampler::create(way.sampler, V);
     auto r = w.session();
     auto reference = mimo::generate(r, w.prompt, reference_sampler,
                                     {.max_tokens = total, .default_stop_tokens = false, .mtp_depth = 0, .backend_selection = way.selection});
     REQUIRE(reference.has_value());
-    // Drafts of the known continuation, 4 a pass, so that max_tokens ends runs in the middle of a
-    // pass (the session then drops the rows after the last token it keeps).
+    // Drafts of the known continuation, 4 a pass; the callback stops the run in the middle of a
+    // pass (the session then drops the rows after the last token it keeps, and the sampler the
+    // choices after it).
     for (int64_t first_run : {5, 7, 9}) {
       for (bool through_save : {false, true}) {
         CAPTURE(first_run);
@@ -387,24 +416,44 @@ TEST_CASE("generate: continuing from an empty prompt after a stop in the middle 
         auto sampler = *mimo::Sampler::create(way.sampler, V);
         mimo::ReplayDrafter<mimo::Cpu> replay(reference->tokens, static_cast<int64_t>(w.prompt.size()), 1.0, V);
         auto s = w.session();
-        const mimo::GenerateOptions<mimo::Cpu> first{.max_tokens = first_run, .default_stop_tokens = false, .mtp_depth = 4,
-                                                     .drafter = &replay, .backend_selection = way.selection};
+        const mimo::GenerateOptions<mimo::Cpu> first{
+            .max_tokens = total, .default_stop_tokens = false, .mtp_depth = 4, .drafter = &replay,
+            .backend_selection = way.selection,
+            .on_token = [&](const mimo::TokenEvent& e) { return e.index + 1 < first_run; }};
         auto a = mimo::generate(s, w.prompt, sampler, first);
         REQUIRE(a.has_value());
-        std::vector<int32_t> tokens = a->tokens;
+        REQUIRE(a->stop == mimo::StopReason::callback);
+        REQUIRE(static_cast<int64_t>(a->tokens.size()) == first_run);
+        CHECK(a->stats.speculative.emitted + 1 == first_run);  // the first token comes from the prompt's pass
         auto t = w.session();
         if (through_save) {
           std::vector<std::byte> state;
           REQUIRE(s.save(state).has_value());
           REQUIRE(t.restore(state).has_value());
         }
-        auto b = mimo::generate(through_save ? t : s, {}, sampler,
+        mimo::Session<mimo::Cpu>& continued = through_save ? t : s;
+        // With the same sampler: one uninterrupted run.
+        auto copy = continued.copy();
+        REQUIRE(copy.has_value());
+        auto b = mimo::generate(continued, {}, sampler,
                                 {.max_tokens = total - first_run, .default_stop_tokens = false, .mtp_depth = 0,
                                  .penalize_prompt = false, .backend_selection = way.selection});
         REQUIRE_MESSAGE(b.has_value(), (b ? "" : b.error().describe()));
+        std::vector<int32_t> tokens = a->tokens;
         tokens.insert(tokens.end(), b->tokens.begin(), b->tokens.end());
         CHECK(tokens == reference->tokens);
         CHECK(sampler.snapshot() == reference_sampler.snapshot());  // the same draws and window
+        // With the next way's sampler (whose outputs the last pass may not have brought back).
+        const Way& then = ways[(i + 1) % ways.size()];
+        auto other = *mimo::Sampler::create(then.sampler, V);
+        auto c = mimo::generate(*copy, {}, other, {.max_tokens = total - first_run, .default_stop_tokens = false, .mtp_depth = 0,
+                                                   .backend_selection = then.selection});
+        REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().describe()));
+        std::vector<int32_t> switched = a->tokens;
+        switched.insert(switched.end(), c->tokens.begin(), c->tokens.end());
+        const auto [expected, expected_state] = plain(way, then, first_run);
+        CHECK(switched == expected);
+        CHECK(other.snapshot() == expected_state);
       }
     }
   }

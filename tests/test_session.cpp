@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -146,6 +147,25 @@ TEST_CASE("session: truncate keeps the outputs of the positions it keeps; the la
   CHECK(d.logits().rows == 1);
   CHECK(d.logits().argmax.empty());
   CHECK(Setup::continue_with(d, t.rest) == Setup::continue_with(c, t.rest));
+
+  // A failed (here cancelled) append changes no token and drops the last pass's outputs, which it
+  // had begun to overwrite: no hidden row of positions it did not keep is left (or saved).
+  {
+    auto f = t.session();
+    REQUIRE(f.append(t.prefix, {.hidden = mimo::OutputRows::all}).has_value());
+    std::atomic<bool> cancel{true};
+    auto cancelled = f.append(t.rest, {.hidden = mimo::OutputRows::all, .cancel = &cancel});
+    REQUIRE_FALSE(cancelled.has_value());
+    CHECK(cancelled.error().code() == mimo::Errc::cancelled);
+    CHECK(f.size() == static_cast<int64_t>(t.prefix.size()));
+    CHECK(f.hidden().count == 0);
+    CHECK(f.logits().rows == 0);
+    REQUIRE(f.save(state).has_value());
+    auto g = t.session();
+    REQUIRE(g.restore(state).has_value());
+    CHECK(g.hidden().count == 0);
+    CHECK(Setup::continue_with(g, t.rest) == Setup::continue_with(f, t.rest));
+  }
 
   // A pass that began after the position kept leaves no rows behind.
   auto e = t.session();

@@ -256,7 +256,21 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     }
   } else if (session.logits().rows == 0 && !(greedy_ids && !session.logits().argmax.empty()) &&
              !(top_count > 0 && session.logits().top_rows() > 0 && session.logits().top_count >= top_count)) {
-    return Error(Errc::invalid_argument, "generate: an empty prompt continues from the session's last logits, but it has none");
+    // The last pass left only what another sampler needed (an argmax, too few candidates): run
+    // the last token again for its logits.
+    if (session.size() == 0) {
+      return Error(Errc::invalid_argument, "generate: an empty prompt continues from the session's last logits, but it has none");
+    }
+    const int32_t last = session.tokens().back();
+    if (auto s = session.truncate(session.size() - 1); !s) return std::move(s).error();
+    auto again = session.append({last}, {.cancel = options.cancel});
+    if (!again) {
+      if (again.error().code() == Errc::cancelled) {
+        result.stop = StopReason::cancelled;
+        return result;
+      }
+      return std::move(again).error();
+    }
   }
   if (options.penalize_prompt) {  // after the prefill, which has validated the ids
     for (int32_t t : prompt) {
@@ -356,7 +370,9 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     }
     std::span<const int32_t> drafts;
     if (drafter) {
-      const int most = static_cast<int>(std::min<int64_t>(max_drafts, room - 1));
+      // No more drafts than tokens left to emit: a pass emits up to one more than it drafted.
+      const int64_t left = options.max_tokens - static_cast<int64_t>(result.tokens.size()) - 1;
+      const int most = static_cast<int>(std::min<int64_t>({max_drafts, room - 1, left}));
       if (most > 0) {
         auto proposed = drafter->propose(session, pending, most, options.cancel);
         if (!proposed) {
@@ -391,6 +407,7 @@ Expected<Generation> generate(Session<B>& session, std::span<const int32_t> prom
     if (emitted_now < emitted.size() && emitted_now <= after_choice.size()) {
       if (auto s = sampler.restore(after_choice[emitted_now - 1]); !s) return std::move(s).error();
     }
+    stats.emitted -= static_cast<int64_t>(emitted.size() - emitted_now);  // chosen after the stop
     pending = emitted.back();
   }
 

@@ -235,6 +235,13 @@ class Session {
     }
     return ok();
   }
+  // Forgets every output of the last pass (after a failed append: they are partly overwritten).
+  void drop_outputs() {
+    logits_rows_ = 0;
+    clear_selections();
+    hidden_.count = 0;
+    hidden_position_ = size();
+  }
   // Forgets the argmax ids and top selections of the last append.
   void clear_selections() {
     argmax_.clear();
@@ -297,9 +304,17 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
   }
   const int64_t computed_rows = std::max({logit_rows, argmax_rows, top_rows});  // the rows through lm_head
   if (auto st = ensure_logits(logit_rows); !st) return std::move(st).error();
-  if (auto st = ensure_hidden(hidden_rows); !st) return std::move(st).error();
+  // From here a failure drops the last pass's outputs: ensure_logits may have moved the logits
+  // buffer (without its contents) and ensure_hidden resized the hidden rows.
+  if (auto st = ensure_hidden(hidden_rows); !st) {
+    drop_outputs();
+    return std::move(st).error();
+  }
   auto logits_dev = B::rows(logits_dev_buf_, std::min(computed_rows, batch_), c.vocab_size, "logits");
-  if (!logits_dev) return std::move(logits_dev).error();
+  if (!logits_dev) {
+    drop_outputs();
+    return std::move(logits_dev).error();
+  }
   argmax_.assign(static_cast<size_t>(argmax_rows), -1);
   top_count_ = top_rows > 0 ? options.top_count : 0;
   const size_t top_size = static_cast<size_t>(top_rows) * static_cast<size_t>(top_count_);
@@ -345,8 +360,7 @@ Expected<Logits> Session<B>::append(std::span<const int32_t> tokens, const Appen
     }
     if (!st) {
       tokens_.resize(static_cast<size_t>(start));  // drop earlier chunks too: the session is unchanged
-      logits_rows_ = 0;
-      clear_selections();
+      drop_outputs();
       return std::move(st).error();
     }
     tokens_.insert(tokens_.end(), tokens.begin() + first, tokens.begin() + first + m);
@@ -522,7 +536,7 @@ Status Session<B>::write_state(detail::ByteWriter& w) const {
   if (s && has_logits) {
     s = w.write(logits_host_.data() + (logits_rows_ - 1) * c.vocab_size, static_cast<size_t>(c.vocab_size) * sizeof(float));
   }
-  const bool has_hidden = hidden_.count > 0;
+  const bool has_hidden = hidden_.count > 0 && hidden_position_ + hidden_.count == n;  // the row of position n - 1
   if (s) s = w.put<uint64_t>(has_hidden ? 1 : 0);
   if (s && has_hidden) s = B::rows_save(hidden_.slice(hidden_.count - 1, 1), w);
   // The last row's argmax id and top selection, so that a session whose last pass brought back
