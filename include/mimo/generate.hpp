@@ -18,7 +18,10 @@
 //
 // When generate returns, the session holds the prompt and every generated token, the last one
 // included (so the conversation can continue); with commit_last = false it holds all but the last
-// (saving one forward pass), and a cancelled run stops where it was.
+// (saving one forward pass), and a cancelled run stops where it was. The sampler is left as plain
+// decoding leaves it (speculative passes may choose tokens past a stop; their draws are undone),
+// so a generate() that continues from an empty prompt, with the same or another sampler, gives
+// what one run would.
 #pragma once
 
 #include <algorithm>
