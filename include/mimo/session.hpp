@@ -113,8 +113,7 @@ class Session {
     const auto kept = [dropped](int64_t rows) { return std::max<int64_t>(0, rows - dropped); };
     logits_rows_ = kept(logits_rows_);
     argmax_.resize(static_cast<size_t>(kept(static_cast<int64_t>(argmax_.size()))));
-    const int64_t top_rows = top_count_ > 0 ? static_cast<int64_t>(top_ids_.size()) / top_count_ : 0;
-    top_ids_.resize(static_cast<size_t>(kept(top_rows) * top_count_));
+    top_ids_.resize(static_cast<size_t>(kept(logits().top_rows()) * top_count_));
     top_logits_.resize(top_ids_.size());
     hidden_.count = std::clamp<int64_t>(length - hidden_position_, 0, hidden_.count);
     tokens_.resize(static_cast<size_t>(length));

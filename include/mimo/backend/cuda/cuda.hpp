@@ -782,11 +782,7 @@ struct Cuda {
     if (!op) return;
     if (x.count <= 0) return;
     const uint64_t n = static_cast<uint64_t>(x.count);
-    if (!scratch(c, c.argmax, n, "argmax results")) return;
-    if (c.argmax_host.size() < n) {
-      if (c.mode == Mode::capture) return fail(c, Error(Errc::backend, "argmax results: cannot grow during graph capture"));
-      if (auto s = c.argmax_host.allocate(n, "argmax results"); !s) return fail(c, std::move(s).error());
-    }
+    if (!scratch(c, c.argmax, n, "argmax results") || !scratch(c, c.argmax_host, n, "argmax results")) return;
     c.argmax_rows = x.count;
     note(c, {code(cuda::detail::OpCode::argmax), cuda::detail::addr(c.argmax.data()), cuda::detail::addr(c.argmax_host.data())});
     note_rows(c, x);
@@ -820,11 +816,9 @@ struct Cuda {
                                                        std::to_string(x.width) + ", max_top_count)]"));
     }
     const uint64_t n = static_cast<uint64_t>(x.count) * static_cast<uint64_t>(count);
-    if (!scratch(c, c.top_ids, n, "top ids") || !scratch(c, c.top_values, n, "top values")) return;
-    if (c.top_ids_host.size() < n || c.top_values_host.size() < n) {
-      if (c.mode == Mode::capture) return fail(c, Error(Errc::backend, "top results: cannot grow during graph capture"));
-      if (auto s = c.top_ids_host.allocate(n, "top ids"); !s) return fail(c, std::move(s).error());
-      if (auto s = c.top_values_host.allocate(n, "top values"); !s) return fail(c, std::move(s).error());
+    if (!scratch(c, c.top_ids, n, "top ids") || !scratch(c, c.top_values, n, "top values") ||
+        !scratch(c, c.top_ids_host, n, "top ids") || !scratch(c, c.top_values_host, n, "top values")) {
+      return;
     }
     c.top_entries = static_cast<int64_t>(n);
     note(c, {code(cuda::detail::OpCode::top), count, cuda::detail::addr(c.top_ids.data()),
@@ -1108,9 +1102,10 @@ struct Cuda {
     return false;
   }
 
-  // Grows a context buffer (not while a graph is being captured: the dry run grew it already).
-  template <class T>
-  static bool scratch(Context& c, cuda::DeviceBuffer<T>& b, uint64_t n, const char* what) {
+  // Grows a context buffer, device or pinned host memory (not while a graph is being captured:
+  // the dry run grew it already).
+  template <class Buffer>
+  static bool scratch(Context& c, Buffer& b, uint64_t n, const char* what) {
     if (b.size() >= n && b.data()) return true;
     if (c.mode == Mode::capture) {
       fail(c, Error(Errc::backend, std::string(what) + ": cannot grow during graph capture"));

@@ -142,6 +142,9 @@ class PinnedBuffer {
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
   ~PinnedBuffer() { release(); }
 
+  // Makes room for n elements, reallocating (without the contents) only when there is less.
+  Status reserve(uint64_t n, const char* what) { return n <= size_ && data_ ? ok() : allocate(n, what); }
+
   Status allocate(uint64_t n, const char* what) {
     release();
     void* p = nullptr;
